@@ -1,0 +1,107 @@
+//! `margin bench encode`: throughput and peak memory of passage encoding.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Args, Subcommand};
+use margin_core::Config;
+use margin_encoder::{Encoder, PassageText};
+use serde::Serialize;
+
+/// Which benchmark.
+#[derive(Debug, Subcommand)]
+pub enum BenchAction {
+    /// Encode N passages of a corpus; report passages/s and peak memory.
+    Encode(EncodeBench),
+}
+
+/// Arguments of `margin bench encode`.
+#[derive(Debug, Args)]
+pub struct EncodeBench {
+    /// Corpus to take passages from (any format `margin ingest` reads).
+    #[arg(long, default_value = "../shared/eval/corpus.jsonl")]
+    pub corpus: PathBuf,
+    /// Number of passages encoded.
+    #[arg(long, default_value_t = 2000)]
+    pub passages: usize,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize)]
+struct EncodeReport {
+    model: String,
+    device: String,
+    batch_size: usize,
+    max_length: usize,
+    passages: usize,
+    seconds: f64,
+    passages_per_second: f64,
+    peak_rss_mib: Option<f64>,
+    threads: usize,
+}
+
+/// Runs `margin bench`.
+pub fn run(config: &Config, action: BenchAction) -> anyhow::Result<()> {
+    match action {
+        BenchAction::Encode(args) => encode(config, args),
+    }
+}
+
+fn encode(config: &Config, args: EncodeBench) -> anyhow::Result<()> {
+    let mut passages = crate::wiring::passages(config, std::slice::from_ref(&args.corpus), true)?;
+    passages.truncate(args.passages);
+    anyhow::ensure!(!passages.is_empty(), "{} has no passages", args.corpus.display());
+    let inputs: Vec<PassageText> = passages
+        .iter()
+        .map(|p| PassageText { title: &p.title, text: &p.text })
+        .collect();
+
+    let encoder = crate::wiring::encoder(config)?;
+    // One warm-up batch so that one-off allocation is not timed.
+    encoder.encode_passages(&inputs[..inputs.len().min(config.encoder.batch_size)])?;
+    let bar = crate::wiring::spinner(format!("encoding {} passages", inputs.len()));
+    let start = Instant::now();
+    let vectors = encoder.encode_passages(&inputs)?;
+    let seconds = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    anyhow::ensure!(vectors.len() == inputs.len(), "encoder returned {} vectors for {} inputs", vectors.len(), inputs.len());
+
+    let out = EncodeReport {
+        model: encoder.name().to_string(),
+        device: format!("{:?}", config.encoder.device).to_lowercase(),
+        batch_size: config.encoder.batch_size,
+        max_length: encoder.max_length(),
+        passages: inputs.len(),
+        seconds,
+        passages_per_second: inputs.len() as f64 / seconds,
+        peak_rss_mib: peak_rss_mib(),
+        threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!(
+            "{}: {} passages in {:.2} s = {:.1} passages/s (batch {}, max {} tokens, {} on {} threads); peak RSS {}",
+            out.model,
+            out.passages,
+            out.seconds,
+            out.passages_per_second,
+            out.batch_size,
+            out.max_length,
+            out.device,
+            out.threads,
+            out.peak_rss_mib.map_or("unknown".into(), |m| format!("{m:.0} MiB"))
+        );
+    }
+    Ok(())
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}

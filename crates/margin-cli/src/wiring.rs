@@ -1,0 +1,75 @@
+//! Builds the implementations the configuration asks for, and the progress
+//! displays people watch while they run.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use candle_core::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+use margin_core::config::DeviceKind;
+use margin_core::{Config, Passage};
+use margin_ingest::{ingest_paths, Chunker, FileOutcome};
+use margin_encoder::{BertEncoder, BertEncoderOptions};
+use margin_models::ModelStore;
+
+/// The compute device the configuration names.
+pub fn device(kind: DeviceKind) -> anyhow::Result<Device> {
+    match kind {
+        DeviceKind::Cpu => Ok(Device::Cpu),
+        DeviceKind::Cuda if cfg!(feature = "cuda") => {
+            Device::new_cuda(0).context("encoder.device = \"cuda\" but no CUDA device could be opened")
+        }
+        DeviceKind::Cuda => anyhow::bail!(
+            "encoder.device = \"cuda\" needs a build with `--features cuda`; this binary is CPU-only"
+        ),
+    }
+}
+
+/// The configured encoder, pulling its model into the cache first if needed.
+pub fn encoder(config: &Config) -> anyhow::Result<BertEncoder> {
+    let store = ModelStore::from_config(config)?;
+    let name = &config.models.encoder;
+    let dir = store.ensure(name)?;
+    let options = BertEncoderOptions {
+        device: device(config.encoder.device)?,
+        batch_size: config.encoder.batch_size,
+        max_length: config.encoder.max_length,
+    };
+    Ok(BertEncoder::load(name, &dir, &options)?)
+}
+
+/// The passages of `paths`, files that fail reported on stderr; with
+/// `strict`, any failed file is an error.
+pub fn passages(config: &Config, paths: &[PathBuf], strict: bool) -> anyhow::Result<Vec<Passage>> {
+    let chunker = Chunker::new(config.chunking)?;
+    let report = ingest_paths(paths, &chunker);
+    for file in &report.files {
+        if let FileOutcome::Failed { error } = &file.outcome {
+            eprintln!("{}: FAILED: {error}", file.path);
+        }
+    }
+    if strict && report.totals.files_failed > 0 {
+        anyhow::bail!("{} file(s) could not be read", report.totals.files_failed);
+    }
+    Ok(report.passages)
+}
+
+/// A spinner for waits of unknown length.
+pub fn spinner(message: String) -> ProgressBar {
+    let bar = ProgressBar::new_spinner().with_message(message);
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// A bar counting `unit`s towards `total`, with rate and ETA.
+pub fn progress(total: u64, unit: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(&format!(
+            "{{spinner}} [{{elapsed_precise}}] {{bar:40}} {{pos}}/{{len}} {unit} ({{per_sec}}, ETA {{eta}})"
+        ))
+        .expect("valid template"),
+    );
+    bar
+}

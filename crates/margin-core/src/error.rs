@@ -1,0 +1,90 @@
+//! The one error type that crosses crate boundaries.
+
+use std::path::PathBuf;
+
+/// Result of any margin operation.
+pub type OperationResult<T> = Result<T, OperationError>;
+
+/// Everything that can go wrong, each variant carrying the user's context
+/// (which key, which file, which model) and, where there is one, what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum OperationError {
+    /// A configuration value is missing or not allowed.
+    #[error("configuration key `{key}`: {message}")]
+    BadConfig { key: String, message: String },
+
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Input given by the user (a file, a request) cannot be used.
+    #[error("{what}: {message}")]
+    BadInput { what: String, message: String },
+
+    /// The catalogue has no model of that name, or it is not in the cache.
+    #[error("model `{model}`: {message}; {hint}")]
+    ModelUnavailable {
+        model: String,
+        message: String,
+        hint: String,
+    },
+
+    /// A model source (pip package, hub repository, local directory) failed.
+    #[error("model `{model}`, source {source_name}: {message}; {hint}")]
+    ModelSource {
+        model: String,
+        source_name: String,
+        message: String,
+        hint: String,
+    },
+
+    /// A downloaded file does not have the SHA-256 the catalogue promises.
+    #[error("{}: SHA-256 mismatch (expected {expected}, got {actual}); the file was not kept", path.display())]
+    ChecksumMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+
+    /// A model could not be loaded or run.
+    #[error("model `{model}`: {message}")]
+    Model { model: String, message: String },
+}
+
+impl OperationError {
+    /// A configuration error for `key`.
+    pub fn bad_config(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::BadConfig {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Unusable input, `what` naming it (a file path, a field).
+    pub fn bad_input(what: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::BadInput {
+            what: what.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A model load or inference failure.
+    pub fn model(model: impl Into<String>, message: impl ToString) -> Self {
+        Self::Model {
+            model: model.into(),
+            message: message.to_string(),
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! The model cache end to end with the local source: fetch, verify, reject
+//! bad hashes without touching what was stored, derive GGUF tokenizers.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use margin_core::config::{ConfigSources, SourceKind};
+use margin_core::{Config, OperationError};
+use margin_models::checksum::sha256_file;
+use margin_models::{ModelStatus, ModelStore, PullOutcome};
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    data: PathBuf,
+    local: PathBuf,
+    catalogue: PathBuf,
+}
+
+fn catalogue_entry(name: &str, files: &[(&str, &str)]) -> String {
+    let files = files
+        .iter()
+        .map(|(f, h)| format!("{{ name = \"{f}\", sha256 = \"{h}\" }}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "[[model]]\nname = \"{name}\"\ndescription = \"test\"\nroles = [\"generator\"]\narchitecture = \"llama\"\nlicense = \"none\"\nfiles = [{files}]\n\n"
+    )
+}
+
+fn fixture(entries: &str) -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let local = tmp.path().join("local");
+    let catalogue = tmp.path().join("models.toml");
+    std::fs::create_dir_all(&local).unwrap();
+    std::fs::write(&catalogue, entries).unwrap();
+    Fixture { _tmp: tmp, data, local, catalogue }
+}
+
+fn store(f: &Fixture) -> ModelStore {
+    let config = Config::load(&ConfigSources {
+        env: Some(Default::default()),
+        overrides: vec![
+            ("data_dir".into(), f.data.display().to_string()),
+            ("models.local_dir".into(), f.local.display().to_string()),
+            ("models.catalogue".into(), f.catalogue.display().to_string()),
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(config.models.sources[0], SourceKind::Local);
+    ModelStore::from_config(&config).unwrap()
+}
+
+fn write_local(f: &Fixture, model: &str, file: &str, bytes: &[u8]) -> String {
+    let path = f.local.join(model).join(file);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    sha256_file(&path).unwrap()
+}
+
+fn hash_of(bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("x");
+    std::fs::write(&p, bytes).unwrap();
+    sha256_file(&p).unwrap()
+}
+
+#[test]
+fn pull_from_local_then_verify_and_detect_tampering() {
+    let good = hash_of(b"{\"a\": 1}");
+    let weights = hash_of(b"weights");
+    let f = fixture(&catalogue_entry("m", &[("config.json", &good), ("sub/w.bin", &weights)]));
+    write_local(&f, "m", "config.json", b"{\"a\": 1}");
+    write_local(&f, "m", "sub/w.bin", b"weights");
+    let store = store(&f);
+
+    assert_eq!(store.status("m").unwrap(), ModelStatus::Missing);
+    assert!(store.resolve("m").unwrap_err().to_string().contains("margin models pull m"));
+    match store.pull("m", false).unwrap() {
+        PullOutcome::Fetched { source, pinned_now, .. } => {
+            assert!(source.starts_with("local "), "{source}");
+            assert!(pinned_now.is_empty());
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(store.pull("m", false).unwrap(), PullOutcome::AlreadyPresent { .. }));
+    let dir = store.resolve("m").unwrap();
+    assert_eq!(std::fs::read(dir.join("sub/w.bin")).unwrap(), b"weights");
+    assert_eq!(store.verify("m").unwrap().len(), 2);
+
+    std::fs::write(dir.join("sub/w.bin"), b"tampered").unwrap();
+    let err = store.verify("m").unwrap_err();
+    assert!(matches!(err, OperationError::ChecksumMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("w.bin"));
+}
+
+#[test]
+fn hash_mismatch_is_rejected_and_the_cached_copy_survives() {
+    let good = hash_of(b"v1");
+    let f = fixture(&catalogue_entry("m", &[("w.bin", &good)]));
+    write_local(&f, "m", "w.bin", b"v1");
+    let store = store(&f);
+    store.pull("m", false).unwrap();
+
+    // The source now serves other bytes; a forced pull must fail and keep v1.
+    write_local(&f, "m", "w.bin", b"v2-corrupt");
+    let err = store.pull("m", true).unwrap_err().to_string();
+    assert!(err.contains("SHA-256 mismatch") && err.contains("source local"), "{err}");
+    let dir = store.resolve("m").unwrap();
+    assert_eq!(std::fs::read(dir.join("w.bin")).unwrap(), b"v1");
+    store.verify("m").unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(f.data.join("models"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "staging folders left behind: {leftovers:?}");
+}
+
+#[test]
+fn unpinned_hash_is_pinned_on_first_pull_then_enforced() {
+    let f = fixture(&catalogue_entry("m", &[("w.bin", "")]));
+    write_local(&f, "m", "w.bin", b"first");
+    let store = store(&f);
+    match store.pull("m", false).unwrap() {
+        PullOutcome::Fetched { pinned_now, .. } => assert_eq!(pinned_now, vec!["w.bin".to_string()]),
+        other => panic!("{other:?}"),
+    }
+    let dir = store.resolve("m").unwrap();
+    std::fs::write(dir.join("w.bin"), b"changed").unwrap();
+    assert!(store.verify("m").is_err(), "the pinned hash is enforced");
+}
+
+#[test]
+fn every_failing_source_is_named_with_a_hint() {
+    let f = fixture(&catalogue_entry("m", &[("w.bin", "")]));
+    let store = store(&f);
+    let err = store.pull("m", false).unwrap_err().to_string();
+    assert!(err.contains("model `m`") && err.contains("local"), "{err}");
+    assert!(err.contains("models.local_dir") || err.contains("local folder"), "{err}");
+    assert!(store.pull("no-such-model", false).unwrap_err().to_string().contains("not in the model catalogue"));
+}
+
+#[test]
+fn a_local_model_folder_resolves_as_is() {
+    let f = fixture("");
+    let store = store(&f);
+    let dir = f.local.join("any");
+    std::fs::create_dir_all(&dir).unwrap();
+    assert_eq!(store.resolve(dir.to_str().unwrap()).unwrap(), dir);
+}
+
+fn write_tiny_gguf(path: &Path) {
+    let tokens: Vec<Value> = ["<unk>", "<s>", "</s>", "h", "i", "hi", "<|im_start|>"]
+        .iter()
+        .map(|t| Value::String(t.to_string()))
+        .collect();
+    let types = Value::Array(vec![2, 3, 3, 1, 1, 1, 3].into_iter().map(Value::I32).collect());
+    let merges = Value::Array(vec![Value::String("h i".into())]);
+    let model = Value::String("gpt2".into());
+    let tokens = Value::Array(tokens);
+    let mut file = std::fs::File::create(path).unwrap();
+    gguf_file::write(
+        &mut file,
+        &[
+            ("tokenizer.ggml.model", &model),
+            ("tokenizer.ggml.tokens", &tokens),
+            ("tokenizer.ggml.token_type", &types),
+            ("tokenizer.ggml.merges", &merges),
+        ],
+        &[],
+    )
+    .unwrap();
+}
+
+#[test]
+fn gguf_models_get_a_tokenizer_derived_from_metadata() {
+    let scratch = tempfile::tempdir().unwrap();
+    let probe = scratch.path().join("m.gguf");
+    write_tiny_gguf(&probe);
+    let hash = sha256_file(&probe).unwrap();
+    let f = fixture(&catalogue_entry("g", &[("m.gguf", &hash)]));
+    let target = f.local.join("g/m.gguf");
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::fs::copy(&probe, &target).unwrap();
+    let store = store(&f);
+    store.pull("g", false).unwrap();
+    let dir = store.resolve("g").unwrap();
+    let tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+    let enc = tokenizer.encode("<|im_start|>hi", false).unwrap();
+    assert_eq!(enc.get_ids(), &[6, 5]);
+    let manifest = store.manifest("g").unwrap().unwrap();
+    let derived = manifest.files.iter().find(|f| f.name == "tokenizer.json").unwrap();
+    assert!(derived.derived_from.as_deref().unwrap().contains("m.gguf"));
+    assert_eq!(store.verify("g").unwrap().len(), 2, "the derived file is verified too");
+}

@@ -1,0 +1,154 @@
+//! Helpers for margin's tests.
+//!
+//! Tests that need a real model or the shared evaluation data call
+//! [`real_model`] or [`shared_eval_file`]: when the file is missing they print
+//! why they are skipped and return `None`, unless `MARGIN_REQUIRE_MODELS=1`
+//! (set by `.ci/run`), where a missing model fails the test instead of
+//! silently passing.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::{VarBuilder, VarMap};
+use candle_transformers::models::bert::{BertModel, Config as BertConfig, HiddenAct};
+
+/// The workspace root (two levels above this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("crate sits in <root>/crates/<name>")
+        .to_path_buf()
+}
+
+/// Whether missing real models must fail tests rather than skip them.
+fn models_required() -> bool {
+    std::env::var("MARGIN_REQUIRE_MODELS").is_ok_and(|v| v == "1")
+}
+
+/// The model cache tests read: `MARGIN_MODELS_DIR`, else `<root>/data/models`.
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("MARGIN_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("data/models"))
+}
+
+/// The cached folder of catalogue model `name`, if it has been pulled.
+pub fn real_model(test: &str, name: &str) -> Option<PathBuf> {
+    let dir = models_dir().join(name);
+    if dir.join("margin-manifest.json").is_file() {
+        return Some(dir);
+    }
+    let why = format!(
+        "{test}: SKIPPED, model `{name}` is not in {} (run `margin models pull {name}`)",
+        models_dir().display()
+    );
+    if models_required() {
+        panic!("{why}, and MARGIN_REQUIRE_MODELS=1");
+    }
+    eprintln!("{why}");
+    None
+}
+
+/// A file of `../shared/eval/` beside the workspace, if present.
+pub fn shared_eval_file(test: &str, file: &str) -> Option<PathBuf> {
+    let path = workspace_root().join("../shared/eval").join(file);
+    if path.is_file() {
+        return Some(path);
+    }
+    let why = format!("{test}: SKIPPED, {} not found", path.display());
+    if models_required() {
+        panic!("{why}, and MARGIN_REQUIRE_MODELS=1");
+    }
+    eprintln!("{why}");
+    None
+}
+
+/// Words of the tiny BERT's vocabulary after the special tokens.
+pub const TINY_WORDS: &[&str] = &[
+    "the", "a", "of", "tide", "moon", "sea", "bee", "honey", "press", "print", "book", "light",
+    "house", "ship", "who", "what", "when", "is", "was", "first", "prize", "physics", "nobel",
+    "in", "and", ",", ".", "?",
+];
+
+/// How a tiny BERT folder is laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TinyBertStyle {
+    /// sentence-transformers: modules.json, mean pooling, Normalize.
+    SentenceTransformers,
+    /// A DPR question encoder: weights under `question_encoder.bert_model`.
+    DprQuestion,
+    /// A DPR context encoder: weights under `ctx_encoder.bert_model`.
+    DprContext,
+}
+
+/// Writes a tiny random BERT (2 layers, hidden 32, vocab.txt only) into `dir`,
+/// with freshly drawn random weights (the tests check properties that hold for any weights).
+pub fn write_tiny_bert(dir: &Path, style: TinyBertStyle, max_position_embeddings: usize) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    vocab.extend(TINY_WORDS.iter().map(|s| s.to_string()));
+    std::fs::write(dir.join("vocab.txt"), vocab.join("\n") + "\n").unwrap();
+    let config = BertConfig {
+        vocab_size: vocab.len(),
+        hidden_size: 32,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        intermediate_size: 64,
+        hidden_act: HiddenAct::Gelu,
+        hidden_dropout_prob: 0.0,
+        max_position_embeddings,
+        type_vocab_size: 2,
+        initializer_range: 0.02,
+        layer_norm_eps: 1e-12,
+        pad_token_id: 0,
+        classifier_dropout: None,
+        model_type: Some("bert".into()),
+        ..Default::default()
+    };
+    let config_json = serde_json::json!({
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_hidden_layers,
+        "num_attention_heads": config.num_attention_heads,
+        "intermediate_size": config.intermediate_size,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "max_position_embeddings": max_position_embeddings,
+        "type_vocab_size": 2,
+        "initializer_range": 0.02,
+        "layer_norm_eps": 1e-12,
+        "pad_token_id": 0,
+        "model_type": "bert",
+    });
+    std::fs::write(dir.join("config.json"), config_json.to_string()).unwrap();
+
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+    let vb = match style {
+        TinyBertStyle::SentenceTransformers => vb,
+        TinyBertStyle::DprQuestion => vb.pp("question_encoder.bert_model"),
+        TinyBertStyle::DprContext => vb.pp("ctx_encoder.bert_model"),
+    };
+    BertModel::load(vb, &config).unwrap();
+    varmap.save(dir.join("model.safetensors")).unwrap();
+
+    if style == TinyBertStyle::SentenceTransformers {
+        std::fs::write(
+            dir.join("modules.json"),
+            r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},
+               {"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"},
+               {"idx":2,"name":"2","path":"2_Normalize","type":"sentence_transformers.models.Normalize"}]"#,
+        )
+        .unwrap();
+        std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+        std::fs::write(
+            dir.join("1_Pooling/config.json"),
+            r#"{"word_embedding_dimension": 32, "pooling_mode_mean_tokens": true}"#,
+        )
+        .unwrap();
+    }
+}

