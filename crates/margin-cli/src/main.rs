@@ -3,6 +3,11 @@
 mod commands;
 mod wiring;
 
+// Tensors are large, short-lived buffers; mimalloc reuses them instead of
+// returning pages to the kernel and faulting fresh zeroed ones back in.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 

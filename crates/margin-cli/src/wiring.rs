@@ -46,7 +46,7 @@ pub fn passages(config: &Config, paths: &[PathBuf], strict: bool) -> anyhow::Res
     let report = ingest_paths(paths, &chunker);
     for file in &report.files {
         if let FileOutcome::Failed { error } = &file.outcome {
-            eprintln!("{}: FAILED: {error}", file.path);
+            eprintln!("FAILED: {error}");
         }
     }
     if strict && report.totals.files_failed > 0 {

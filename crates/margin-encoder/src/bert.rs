@@ -4,7 +4,9 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use candle_transformers::models::bert::Config as BertConfig;
+
+use crate::bert_model::BertModel;
 use margin_core::{OperationError, OperationResult};
 use tokenizers::{EncodeInput, Encoding, Tokenizer};
 
@@ -122,7 +124,7 @@ impl BertEncoder {
             let types = Tensor::from_vec(types, shape, &self.device).map_err(|e| self.err(e))?;
             let mask = Tensor::from_vec(mask, shape, &self.device).map_err(|e| self.err(e))?;
             let vectors = model
-                .forward(&ids, &types, Some(&mask))
+                .forward(&ids, &types, &mask)
                 .and_then(|hidden| pool(&hidden, &mask, self.spec.pooling))
                 .and_then(|pooled| {
                     if self.spec.normalize {

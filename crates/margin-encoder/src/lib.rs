@@ -9,6 +9,8 @@
 //!   lists a `Normalize` module.
 
 mod bert;
+mod bert_model;
+mod gelu;
 mod pooling;
 mod tokenize;
 pub mod vectors_file;

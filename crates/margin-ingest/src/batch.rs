@@ -8,14 +8,11 @@ use margin_core::{Document, OperationError, OperationResult, Passage};
 use serde::Serialize;
 
 use crate::chunk::Chunker;
-use crate::readers::{read_documents, Format, SUPPORTED_EXTENSIONS};
+use crate::readers::{read_documents, unsupported_type, Format};
 
 /// Reads one file and splits its documents into passages.
 pub fn ingest_file(path: &Path, chunker: &Chunker) -> OperationResult<Vec<Passage>> {
-    Ok(read_documents(path)?
-        .iter()
-        .flat_map(|document| chunker.chunk(document))
-        .collect())
+    Ok(chunker.chunk_all(&read_documents(path)?))
 }
 
 /// What became of one file of a batch.
@@ -24,7 +21,8 @@ pub fn ingest_file(path: &Path, chunker: &Chunker) -> OperationResult<Vec<Passag
 pub enum FileOutcome {
     /// Read and split into passages.
     Ingested,
-    /// Not read, on purpose: an unsupported extension, or listed twice.
+    /// Not read, on purpose: an unsupported extension, a path listed twice,
+    /// or a symbolic link to a directory.
     Skipped {
         /// Why the file was passed over.
         reason: String,
@@ -57,7 +55,7 @@ pub struct FileReport {
 pub struct Totals {
     /// Files read and split.
     pub files_ingested: usize,
-    /// Files passed over (unsupported extension, listed twice).
+    /// Paths passed over (see [`FileOutcome::Skipped`]).
     pub files_skipped: usize,
     /// Files (or paths) that could not be used.
     pub files_failed: usize,
@@ -131,7 +129,7 @@ impl Batch<'_> {
     /// Reads one file, adding its passages to the report; returns its file report.
     fn ingest(&mut self, path: PathBuf) -> FileReport {
         let Some(format) = Format::from_path(&path) else {
-            let reason = format!("unsupported file type; margin reads {SUPPORTED_EXTENSIONS}");
+            let reason = unsupported_type();
             return file_report(&path, FileOutcome::Skipped { reason });
         };
         if !self.seen_paths.insert(path.clone()) {
@@ -140,10 +138,7 @@ impl Batch<'_> {
         }
         match self.read_new_documents(&path, format) {
             Ok(documents) => {
-                let passages: Vec<Passage> = documents
-                    .iter()
-                    .flat_map(|d| self.chunker.chunk(d))
-                    .collect();
+                let passages = self.chunker.chunk_all(&documents);
                 let report = FileReport {
                     documents: documents.len(),
                     passages: passages.len(),
@@ -162,7 +157,11 @@ impl Batch<'_> {
     }
 
     /// Reads `path`, refusing it if an earlier file used one of its document ids.
-    fn read_new_documents(&mut self, path: &Path, format: Format) -> OperationResult<Vec<Document>> {
+    fn read_new_documents(
+        &mut self,
+        path: &Path,
+        format: Format,
+    ) -> OperationResult<Vec<Document>> {
         let documents = format.read(path)?;
         let repeated = documents
             .iter()
@@ -209,7 +208,10 @@ fn list(path: &Path, out: &mut Vec<Listed>) {
     match fs::metadata(path) {
         Ok(metadata) if metadata.is_dir() => walk(path, out),
         Ok(_) => out.push(Listed::File(path.to_path_buf())),
-        Err(e) => out.push(Listed::Unreadable(path.to_path_buf(), OperationError::io(path, e))),
+        Err(e) => out.push(Listed::Unreadable(
+            path.to_path_buf(),
+            OperationError::io(path, e),
+        )),
     }
 }
 
@@ -218,7 +220,12 @@ fn walk(dir: &Path, out: &mut Vec<Listed>) {
     let entries = fs::read_dir(dir).and_then(|entries| entries.collect::<Result<Vec<_>, _>>());
     let mut entries = match entries {
         Ok(entries) => entries,
-        Err(e) => return out.push(Listed::Unreadable(dir.to_path_buf(), OperationError::io(dir, e))),
+        Err(e) => {
+            return out.push(Listed::Unreadable(
+                dir.to_path_buf(),
+                OperationError::io(dir, e),
+            ))
+        }
     };
     entries.retain(|entry| !entry.file_name().to_string_lossy().starts_with('.'));
     entries.sort_by_key(|entry| entry.file_name());
@@ -228,7 +235,8 @@ fn walk(dir: &Path, out: &mut Vec<Listed>) {
             Ok(kind) if kind.is_dir() => walk(&path, out),
             Ok(kind) if kind.is_symlink() && path.is_dir() => out.push(Listed::Skipped(
                 path,
-                "symbolic link to a directory, not followed; give its target to read it".to_string(),
+                "symbolic link to a directory, not followed; give its target to read it"
+                    .to_string(),
             )),
             Ok(_) => out.push(Listed::File(path)),
             Err(e) => {

@@ -79,6 +79,11 @@ impl Chunker {
         passages
     }
 
+    /// Splits each of `documents` in turn, keeping their order.
+    pub fn chunk_all(&self, documents: &[Document]) -> Vec<Passage> {
+        documents.iter().flat_map(|d| self.chunk(d)).collect()
+    }
+
     /// Where the passage starting at word `start` ends (exclusive), given which
     /// words end a sentence.
     fn cut(&self, start: usize, ends: &[bool]) -> usize {
@@ -172,17 +177,22 @@ mod tests {
     }
 
     fn lengths(passages: &[Passage]) -> Vec<usize> {
-        passages
-            .iter()
-            .map(|p| p.text.split(' ').count())
-            .collect()
+        passages.iter().map(|p| p.text.split(' ').count()).collect()
     }
 
     #[test]
     fn rejects_zero_words_and_overlap_not_below_words() {
-        let err = Chunker::new(ChunkingConfig { words: 0, overlap: 0 }).unwrap_err();
+        let err = Chunker::new(ChunkingConfig {
+            words: 0,
+            overlap: 0,
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("chunking.words"), "{err}");
-        let err = Chunker::new(ChunkingConfig { words: 10, overlap: 10 }).unwrap_err();
+        let err = Chunker::new(ChunkingConfig {
+            words: 10,
+            overlap: 10,
+        })
+        .unwrap_err();
         assert!(err.to_string().contains("chunking.overlap"), "{err}");
     }
 
@@ -192,13 +202,7 @@ mod tests {
         let text = format!("{} {} {}", sentence(0, 6), sentence(6, 3), sentence(9, 4));
         let passages = chunker(10, 0).chunk(&doc(&text));
         let texts: Vec<&str> = passages.iter().map(|p| p.text.as_str()).collect();
-        assert_eq!(
-            texts,
-            [
-                "W0 W1 W2 W3 W4 W5. W6 W7 W8.",
-                "W9 W10 W11 W12."
-            ]
-        );
+        assert_eq!(texts, ["W0 W1 W2 W3 W4 W5. W6 W7 W8.", "W9 W10 W11 W12."]);
     }
 
     #[test]
@@ -313,8 +317,8 @@ mod tests {
                 let next: Vec<&str> = pair[1].text.split(' ').collect();
                 prop_assert_eq!(&next[..overlap], &prev[prev.len() - overlap..]);
             }
-            let last = passages.last().map(|p| p.text.split(' ').last().unwrap());
-            prop_assert_eq!(last, text.split_whitespace().last());
+            let last = passages.last().map(|p| p.text.split(' ').next_back().unwrap());
+            prop_assert_eq!(last, text.split_whitespace().next_back());
         }
     }
 }

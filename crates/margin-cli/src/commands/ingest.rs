@@ -36,7 +36,7 @@ pub fn run(config: &Config, args: IngestArgs) -> anyhow::Result<()> {
             match &file.outcome {
                 FileOutcome::Ingested => println!("{}: {} documents, {} passages", file.path, file.documents, file.passages),
                 FileOutcome::Skipped { reason } => println!("{}: skipped: {reason}", file.path),
-                FileOutcome::Failed { error } => println!("{}: FAILED: {error}", file.path),
+                FileOutcome::Failed { error } => println!("FAILED: {error}"),
             }
         }
         let t = &report.totals;

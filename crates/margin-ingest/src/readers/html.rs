@@ -7,11 +7,12 @@ use super::{normalize_whitespace, Paragraphs};
 
 /// Elements whose content is not page text: metadata, code, embedded objects.
 const HIDDEN: &[&str] = &[
-    "head", "title", "script", "style", "noscript", "template", "svg", "math", "iframe",
-    "object", "canvas",
+    "head", "title", "script", "style", "noscript", "template", "svg", "math", "iframe", "object",
+    "canvas",
 ];
 
 /// Elements that start and end a paragraph (the HTML block-level elements).
+#[rustfmt::skip]
 const BLOCKS: &[&str] = &[
     "address", "article", "aside", "blockquote", "body", "br", "caption", "dd", "details",
     "dialog", "div", "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form", "h1",

@@ -78,13 +78,13 @@ impl Format {
 
 /// Reads the documents in one file, choosing the reader by its extension.
 pub fn read_documents(path: &Path) -> OperationResult<Vec<Document>> {
-    let format = Format::from_path(path).ok_or_else(|| {
-        bad_input(
-            path,
-            format!("unsupported file type; margin reads {SUPPORTED_EXTENSIONS}"),
-        )
-    })?;
+    let format = Format::from_path(path).ok_or_else(|| bad_input(path, unsupported_type()))?;
     format.read(path)
+}
+
+/// Why a file with an unknown extension is not read.
+pub(crate) fn unsupported_type() -> String {
+    format!("unsupported file type; margin reads {SUPPORTED_EXTENSIONS}")
 }
 
 /// A bad-input error naming `path`.
@@ -182,9 +182,15 @@ mod tests {
     #[test]
     fn formats_follow_extensions_case_insensitively() {
         assert_eq!(Format::from_path(Path::new("a/b.TXT")), Some(Format::Text));
-        assert_eq!(Format::from_path(Path::new("x.markdown")), Some(Format::Markdown));
+        assert_eq!(
+            Format::from_path(Path::new("x.markdown")),
+            Some(Format::Markdown)
+        );
         assert_eq!(Format::from_path(Path::new("x.Htm")), Some(Format::Html));
-        assert_eq!(Format::from_path(Path::new("psgs_w100.tsv")), Some(Format::Tsv));
+        assert_eq!(
+            Format::from_path(Path::new("psgs_w100.tsv")),
+            Some(Format::Tsv)
+        );
         assert_eq!(Format::from_path(Path::new("notes.docx")), None);
         assert_eq!(Format::from_path(Path::new("README")), None);
     }

@@ -24,14 +24,17 @@ pub(super) fn extract(bytes: &[u8]) -> Result<String, String> {
 }
 
 fn extract_unguarded(bytes: &[u8]) -> Result<String, String> {
-    let document = Document::load_mem(bytes)
-        .map_err(|e| format!("not a readable PDF ({e}); is the file complete?"))?;
+    let document = Document::load_mem(bytes).map_err(|e| {
+        format!("not a readable PDF ({e}); the file may be damaged or not a PDF at all")
+    })?;
     // lopdf has already tried the empty user password; an `Encrypt` entry left
     // in the trailer means the file needs a real one.
     if document.trailer.get(b"Encrypt").is_ok() {
-        return Err("the PDF is encrypted and needs a password; decrypt it first \
+        return Err(
+            "the PDF is encrypted and needs a password; decrypt it first \
                     (e.g. `qpdf --decrypt --password=PASSWORD in.pdf out.pdf`)"
-            .to_string());
+                .to_string(),
+        );
     }
     let mut text = String::new();
     output_doc(&document, &mut PlainTextOutput::new(&mut text))

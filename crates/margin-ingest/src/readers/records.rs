@@ -55,7 +55,8 @@ pub(super) fn read_dpr_tsv(path: &Path) -> OperationResult<Vec<Document>> {
         let fields: Vec<&str> = line.split('\t').collect();
         let Some(([id, text, title], width)) = layout else {
             let column = |name: &str| fields.iter().position(|f| f.trim() == name);
-            let (Some(id), Some(text), Some(title)) = (column("id"), column("text"), column("title"))
+            let (Some(id), Some(text), Some(title)) =
+                (column("id"), column("text"), column("title"))
             else {
                 return Err(format!(
                     "the header must name the columns id, text and title (DPR's psgs_w100.tsv), found `{}`",
@@ -118,7 +119,10 @@ impl<'a> Records<'a> {
 
     fn finish(self) -> OperationResult<Vec<Document>> {
         if self.documents.is_empty() {
-            return Err(bad_input(self.path, "no records: the file holds no documents"));
+            return Err(bad_input(
+                self.path,
+                "no records: the file holds no documents",
+            ));
         }
         Ok(self.documents)
     }
@@ -161,7 +165,8 @@ fn for_each_line(
         if line.trim().is_empty() {
             continue;
         }
-        each(number, line).map_err(|message| bad_input(path, format!("line {number}: {message}")))?;
+        each(number, line)
+            .map_err(|message| bad_input(path, format!("line {number}: {message}")))?;
     }
 }
 
@@ -190,7 +195,10 @@ mod tests {
 
     #[test]
     fn unquote_strips_outer_quotes_and_undoubles_inner_ones() {
-        assert_eq!(unquote(r#""Aaron ( or ; ""Ahärôn"") is a prophet""#), r#"Aaron ( or ; "Ahärôn") is a prophet"#);
+        assert_eq!(
+            unquote(r#""Aaron ( or ; ""Ahärôn"") is a prophet""#),
+            r#"Aaron ( or ; "Ahärôn") is a prophet"#
+        );
         assert_eq!(unquote("plain"), "plain");
         assert_eq!(unquote("\""), "\"");
     }
