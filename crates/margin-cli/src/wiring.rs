@@ -9,8 +9,8 @@ use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use margin_core::config::DeviceKind;
 use margin_core::{Config, Passage};
-use margin_ingest::{ingest_paths, Chunker, FileOutcome};
 use margin_encoder::{BertEncoder, BertEncoderOptions};
+use margin_ingest::{ingest_paths, Chunker, FileOutcome};
 use margin_models::ModelStore;
 
 /// The compute device the configuration names.

@@ -34,7 +34,15 @@ fn config_show_layers_env_and_flags_and_masks_secrets() {
         .current_dir(tmp.path())
         .env("MARGIN__QDRANT__API_KEY", "top-secret-key")
         .env("MARGIN__ENCODER__BATCH_SIZE", "7")
-        .args(["--config", file.to_str().unwrap(), "--set", "chunking.overlap=5", "config", "show", "--json"])
+        .args([
+            "--config",
+            file.to_str().unwrap(),
+            "--set",
+            "chunking.overlap=5",
+            "config",
+            "show",
+            "--json",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
@@ -49,10 +57,16 @@ fn config_show_layers_env_and_flags_and_masks_secrets() {
 #[test]
 fn bad_config_value_is_an_error_naming_key_and_choices() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = margin(tmp.path(), &["--set", "retrieval.mode=semantic", "config", "show"]);
+    let out = margin(
+        tmp.path(),
+        &["--set", "retrieval.mode=semantic", "config", "show"],
+    );
     assert!(!out.status.success());
     let err = stderr(&out);
-    assert!(err.contains("retrieval.mode") && err.contains("dense, bm25, hybrid"), "{err}");
+    assert!(
+        err.contains("retrieval.mode") && err.contains("dense, bm25, hybrid"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -60,13 +74,37 @@ fn ingest_reports_each_file_and_goes_on_past_bad_ones() {
     let tmp = tempfile::tempdir().unwrap();
     let docs = tmp.path().join("docs");
     std::fs::create_dir(&docs).unwrap();
-    std::fs::write(docs.join("tides.txt"), "Tides rise and fall twice a day. The Moon pulls the sea.").unwrap();
-    std::fs::write(docs.join("bees.md"), "# Honeybees\n\nBees make honey. They dance to share directions.").unwrap();
-    std::fs::write(docs.join("broken.pdf"), b"%PDF-1.4\nthis is not really a pdf").unwrap();
+    std::fs::write(
+        docs.join("tides.txt"),
+        "Tides rise and fall twice a day. The Moon pulls the sea.",
+    )
+    .unwrap();
+    std::fs::write(
+        docs.join("bees.md"),
+        "# Honeybees\n\nBees make honey. They dance to share directions.",
+    )
+    .unwrap();
+    std::fs::write(
+        docs.join("broken.pdf"),
+        b"%PDF-1.4\nthis is not really a pdf",
+    )
+    .unwrap();
     std::fs::write(docs.join("binary.txt"), [0u8, 159, 146, 150, 0, 1]).unwrap();
 
-    let out = margin(tmp.path(), &["ingest", "docs", "--json", "--passages-out", "passages.jsonl"]);
-    assert!(!out.status.success(), "a failed file makes the exit status non-zero");
+    let out = margin(
+        tmp.path(),
+        &[
+            "ingest",
+            "docs",
+            "--json",
+            "--passages-out",
+            "passages.jsonl",
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "a failed file makes the exit status non-zero"
+    );
     let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(report["totals"]["files_ingested"], 2);
     assert_eq!(report["totals"]["files_failed"], 2);
@@ -77,18 +115,25 @@ fn ingest_reports_each_file_and_goes_on_past_bad_ones() {
         .filter(|f| f["status"] == "failed")
         .map(|f| f["path"].as_str().unwrap())
         .collect();
-    assert!(failed.iter().any(|p| p.ends_with("broken.pdf")) && failed.iter().any(|p| p.ends_with("binary.txt")));
+    assert!(
+        failed.iter().any(|p| p.ends_with("broken.pdf"))
+            && failed.iter().any(|p| p.ends_with("binary.txt"))
+    );
 
-    let passages: Vec<serde_json::Value> = std::fs::read_to_string(tmp.path().join("passages.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let passages: Vec<serde_json::Value> =
+        std::fs::read_to_string(tmp.path().join("passages.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
     assert_eq!(passages.len(), 2);
     assert!(passages.iter().any(|p| p["title"] == "Honeybees"));
 
     // Same input, same ids.
-    margin(tmp.path(), &["ingest", "docs", "--passages-out", "again.jsonl"]);
+    margin(
+        tmp.path(),
+        &["ingest", "docs", "--passages-out", "again.jsonl"],
+    );
     assert_eq!(
         std::fs::read_to_string(tmp.path().join("passages.jsonl")).unwrap(),
         std::fs::read_to_string(tmp.path().join("again.jsonl")).unwrap()
@@ -108,7 +153,14 @@ fn embed_writes_one_vector_per_passage_with_a_local_model_folder() {
     .unwrap();
     let out = margin(
         tmp.path(),
-        &["--set", &format!("models.encoder={}", model.display()), "embed", "corpus.jsonl", "--out", "v.safetensors"],
+        &[
+            "--set",
+            &format!("models.encoder={}", model.display()),
+            "embed",
+            "corpus.jsonl",
+            "--out",
+            "v.safetensors",
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let vectors = VectorsFile::read(&tmp.path().join("v.safetensors")).unwrap();
@@ -123,11 +175,19 @@ fn unknown_model_and_missing_paths_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let out = margin(tmp.path(), &["models", "pull", "gpt-17"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("gpt-17") && stderr(&out).contains("known models"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("gpt-17") && stderr(&out).contains("known models"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = margin(tmp.path(), &["ingest", "no/such/file.txt"]);
     assert!(!out.status.success());
-    assert!(stdout(&out).contains("no/such/file.txt"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("no/such/file.txt"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -137,8 +197,16 @@ fn models_list_shows_the_catalogue() {
     assert!(out.status.success(), "{}", stderr(&out));
     let rows: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
-    for name in ["all-minilm-l6-v2", "smollm2-135m-instruct", "gemma3-270m", "bart-large"] {
+    for name in [
+        "all-minilm-l6-v2",
+        "smollm2-135m-instruct",
+        "gemma3-270m",
+        "bart-large",
+    ] {
         assert!(names.contains(&name), "{names:?}");
     }
-    assert!(rows.iter().all(|r| r["status"]["state"] == "missing"), "fresh data dir has nothing cached");
+    assert!(
+        rows.iter().all(|r| r["status"]["state"] == "missing"),
+        "fresh data dir has nothing cached"
+    );
 }

@@ -16,6 +16,10 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/default.toml");
 /// Prefix of environment variables that override configuration keys.
 pub const ENV_PREFIX: &str = "MARGIN";
 
+/// Keys whose value is a list, given as comma-separated text in the
+/// environment and in `--set` overrides.
+const LIST_KEYS: &[&str] = &["models.sources"];
+
 /// The effective configuration of a margin process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -197,8 +201,8 @@ pub struct ConfigSources {
 impl Config {
     /// Loads the layered configuration and validates it.
     pub fn load(sources: &ConfigSources) -> OperationResult<Config> {
-        let mut builder = config::Config::builder()
-            .add_source(File::from_str(DEFAULT_CONFIG, FileFormat::Toml));
+        let mut builder =
+            config::Config::builder().add_source(File::from_str(DEFAULT_CONFIG, FileFormat::Toml));
         if let Some(path) = &sources.file {
             if !path.is_file() {
                 return Err(OperationError::bad_input(
@@ -208,18 +212,28 @@ impl Config {
             }
             builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
         }
-        let env = Environment::with_prefix(ENV_PREFIX)
+        let mut env = Environment::with_prefix(ENV_PREFIX)
             .prefix_separator("__")
             .separator("__")
             .try_parsing(true)
             .list_separator(",")
-            .with_list_parse_key("models.sources")
             .source(sources.env.clone());
+        for key in LIST_KEYS {
+            env = env.with_list_parse_key(key);
+        }
         builder = builder.add_source(env);
         for (key, value) in &sources.overrides {
-            builder = builder
-                .set_override(key.as_str(), value.as_str())
-                .map_err(|e| OperationError::bad_config(key, e.to_string()))?;
+            builder = if LIST_KEYS.contains(&key.as_str()) {
+                let items: Vec<String> = value
+                    .split(',')
+                    .map(|item| item.trim().to_string())
+                    .filter(|item| !item.is_empty())
+                    .collect();
+                builder.set_override(key.as_str(), items)
+            } else {
+                builder.set_override(key.as_str(), value.as_str())
+            }
+            .map_err(|e| OperationError::bad_config(key, e.to_string()))?;
         }
         let raw = builder.build().map_err(config_error)?;
         let config: Config = raw.try_deserialize().map_err(config_error)?;
@@ -292,9 +306,7 @@ fn config_error(err: config::ConfigError) -> OperationError {
     let message = err.to_string();
     let key = match &err {
         config::ConfigError::Type { key: Some(key), .. } => key.clone(),
-        config::ConfigError::At {
-            key: Some(key), ..
-        } => key.clone(),
+        config::ConfigError::At { key: Some(key), .. } => key.clone(),
         _ => message
             .split("for key `")
             .nth(1)
@@ -474,7 +486,24 @@ mod tests {
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(config.models.sources, vec![SourceKind::Pip, SourceKind::Hub]);
+        assert_eq!(
+            config.models.sources,
+            vec![SourceKind::Pip, SourceKind::Hub]
+        );
+    }
+
+    #[test]
+    fn sources_list_from_override() {
+        let config = Config::load(&ConfigSources {
+            env: env(&[]),
+            overrides: vec![("models.sources".into(), "hub, local".into())],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            config.models.sources,
+            vec![SourceKind::Hub, SourceKind::Local]
+        );
     }
 
     #[test]

@@ -80,11 +80,22 @@ impl OperationError {
         }
     }
 
-    /// A model load or inference failure.
+    /// A model load or inference failure. Only the message's first line is
+    /// kept: candle appends a backtrace to its errors when RUST_BACKTRACE is set.
     pub fn model(model: impl Into<String>, message: impl ToString) -> Self {
         Self::Model {
             model: model.into(),
-            message: message.to_string(),
+            message: first_line(&message.to_string()),
         }
     }
+}
+
+/// The first line of an error message from a library that may append a backtrace.
+pub fn first_line(message: &str) -> String {
+    message
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_end()
+        .to_string()
 }

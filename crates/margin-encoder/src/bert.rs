@@ -61,7 +61,11 @@ pub struct BertEncoder {
 
 impl BertEncoder {
     /// Loads one model used for both questions and passages.
-    pub fn load(name: &str, dir: &Path, options: &BertEncoderOptions) -> OperationResult<BertEncoder> {
+    pub fn load(
+        name: &str,
+        dir: &Path,
+        options: &BertEncoderOptions,
+    ) -> OperationResult<BertEncoder> {
         let loaded = LoadedBert::load(name, dir, options)?;
         Ok(loaded.into_encoder(name, None, options))
     }
@@ -177,7 +181,9 @@ impl Encoder for BertEncoder {
             .map(|p| match (self.passage_input, p.title.is_empty()) {
                 (_, true) => EncodeInput::from(p.text),
                 (PassageInput::Pair, false) => EncodeInput::from((p.title, p.text)),
-                (PassageInput::Joined, false) => EncodeInput::from(format!("{}: {}", p.title, p.text)),
+                (PassageInput::Joined, false) => {
+                    EncodeInput::from(format!("{}: {}", p.title, p.text))
+                }
             })
             .collect();
         let encodings = self.tokenize(inputs)?;
@@ -197,9 +203,11 @@ struct LoadedBert {
 
 impl LoadedBert {
     fn load(name: &str, dir: &Path, options: &BertEncoderOptions) -> OperationResult<LoadedBert> {
-        let fail = |message: String| OperationError::model(name, format!("{}: {message}", dir.display()));
+        let fail =
+            |message: String| OperationError::model(name, format!("{}: {message}", dir.display()));
         let config_path = dir.join("config.json");
-        let config_text = std::fs::read_to_string(&config_path).map_err(|e| OperationError::io(&config_path, e))?;
+        let config_text = std::fs::read_to_string(&config_path)
+            .map_err(|e| OperationError::io(&config_path, e))?;
         let config: BertConfig = serde_json::from_str(&config_text)
             .map_err(|e| fail(format!("config.json is not a BERT configuration: {e}")))?;
 
@@ -207,10 +215,13 @@ impl LoadedBert {
         // DPR checkpoints nest BERT under `question_encoder.bert_model` or `ctx_encoder.bert_model`.
         let vb = ["question_encoder.bert_model", "ctx_encoder.bert_model"]
             .into_iter()
-            .find(|prefix| vb.contains_tensor(&format!("{prefix}.embeddings.word_embeddings.weight")))
+            .find(|prefix| {
+                vb.contains_tensor(&format!("{prefix}.embeddings.word_embeddings.weight"))
+            })
             .map(|prefix| vb.pp(prefix))
             .unwrap_or(vb);
-        let model = BertModel::load(vb, &config).map_err(|e| fail(format!("weights do not fit the configuration: {e}")))?;
+        let model = BertModel::load(vb, &config)
+            .map_err(|e| fail(format!("weights do not fit the configuration: {e}")))?;
 
         let mut max_length = config.max_position_embeddings;
         if let Some(declared) = sentence_transformers_max_length(dir) {
@@ -230,7 +241,12 @@ impl LoadedBert {
         })
     }
 
-    fn into_encoder(self, name: &str, passage_model: Option<BertModel>, options: &BertEncoderOptions) -> BertEncoder {
+    fn into_encoder(
+        self,
+        name: &str,
+        passage_model: Option<BertModel>,
+        options: &BertEncoderOptions,
+    ) -> BertEncoder {
         let passage_input = if passage_model.is_some() {
             PassageInput::Pair
         } else {
@@ -263,7 +279,8 @@ fn weights(dir: &Path, device: &Device) -> Result<VarBuilder<'static>, String> {
     }
     let pth = dir.join("pytorch_model.bin");
     if pth.is_file() {
-        return VarBuilder::from_pth(&pth, DType::F32, device).map_err(|e| format!("pytorch_model.bin: {e}"));
+        return VarBuilder::from_pth(&pth, DType::F32, device)
+            .map_err(|e| format!("pytorch_model.bin: {e}"));
     }
     Err("no model.safetensors or pytorch_model.bin".into())
 }

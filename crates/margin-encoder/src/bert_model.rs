@@ -43,8 +43,16 @@ impl BertModel {
             .collect::<Result<Vec<_>>>()?;
         Ok(BertModel {
             word_embeddings: embedding(config.vocab_size, hidden, emb.pp("word_embeddings"))?,
-            position_embeddings: embedding(config.max_position_embeddings, hidden, emb.pp("position_embeddings"))?,
-            token_type_embeddings: embedding(config.type_vocab_size, hidden, emb.pp("token_type_embeddings"))?,
+            position_embeddings: embedding(
+                config.max_position_embeddings,
+                hidden,
+                emb.pp("position_embeddings"),
+            )?,
+            token_type_embeddings: embedding(
+                config.type_vocab_size,
+                hidden,
+                emb.pp("token_type_embeddings"),
+            )?,
             embeddings_norm: layer_norm(hidden, config.layer_norm_eps, emb.pp("LayerNorm"))?,
             layers,
         })
@@ -52,7 +60,12 @@ impl BertModel {
 
     /// Hidden states [batch, seq, hidden] for `input_ids`, `token_type_ids`
     /// and `attention_mask` (all [batch, seq], mask 1 for real tokens).
-    pub fn forward(&self, input_ids: &Tensor, token_type_ids: &Tensor, attention_mask: &Tensor) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        input_ids: &Tensor,
+        token_type_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> Result<Tensor> {
         let (_, seq) = input_ids.dims2()?;
         let positions = Tensor::arange(0u32, seq as u32, input_ids.device())?;
         let x = self
@@ -80,7 +93,11 @@ impl BertLayer {
         let q = linear(hidden, hidden, attn.pp("self.query"))?;
         let k = linear(hidden, hidden, attn.pp("self.key"))?;
         let v = linear(hidden, hidden, attn.pp("self.value"))?;
-        let bias = |l: &Linear| l.bias().cloned().ok_or_else(|| candle_core::Error::Msg("attention projection without bias".into()));
+        let bias = |l: &Linear| {
+            l.bias()
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg("attention projection without bias".into()))
+        };
         let qkv = Linear::new(
             Tensor::cat(&[q.weight(), k.weight(), v.weight()], 0)?,
             Some(Tensor::cat(&[bias(&q)?, bias(&k)?, bias(&v)?], 0)?),
@@ -91,7 +108,11 @@ impl BertLayer {
             head_dim: hidden / config.num_attention_heads,
             attention_output: linear(hidden, hidden, attn.pp("output.dense"))?,
             attention_norm: layer_norm(hidden, config.layer_norm_eps, attn.pp("output.LayerNorm"))?,
-            intermediate: linear(hidden, config.intermediate_size, vb.pp("intermediate.dense"))?,
+            intermediate: linear(
+                hidden,
+                config.intermediate_size,
+                vb.pp("intermediate.dense"),
+            )?,
             activation: config.hidden_act,
             output: linear(config.intermediate_size, hidden, vb.pp("output.dense"))?,
             output_norm: layer_norm(hidden, config.layer_norm_eps, vb.pp("output.LayerNorm"))?,
@@ -127,7 +148,8 @@ impl BertLayer {
             HiddenAct::GeluApproximate => inner.gelu()?,
             HiddenAct::Relu => inner.relu()?,
         };
-        self.output_norm.forward(&(self.output.forward(&inner)? + attended)?)
+        self.output_norm
+            .forward(&(self.output.forward(&inner)? + attended)?)
     }
 }
 
@@ -152,15 +174,31 @@ mod tests {
         };
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
-        let reference = candle_transformers::models::bert::BertModel::load(vb.clone(), &config).unwrap();
+        let reference =
+            candle_transformers::models::bert::BertModel::load(vb.clone(), &config).unwrap();
         let ours = BertModel::load(vb, &config).unwrap();
-        let ids = Tensor::new(&[[2u32, 7, 9, 3, 0, 0], [2, 11, 12, 13, 14, 3]], &Device::Cpu).unwrap();
+        let ids = Tensor::new(
+            &[[2u32, 7, 9, 3, 0, 0], [2, 11, 12, 13, 14, 3]],
+            &Device::Cpu,
+        )
+        .unwrap();
         let types = ids.zeros_like().unwrap();
         let mask = Tensor::new(&[[1u32, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], &Device::Cpu).unwrap();
         let a = reference.forward(&ids, &types, Some(&mask)).unwrap();
         let b = ours.forward(&ids, &types, &mask).unwrap();
         // Compare real (unmasked) positions only: padding rows are never pooled.
-        let diff = (a - b).unwrap().abs().unwrap().broadcast_mul(&mask.to_dtype(DType::F32).unwrap().unsqueeze(D::Minus1).unwrap()).unwrap();
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .broadcast_mul(
+                &mask
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .unsqueeze(D::Minus1)
+                    .unwrap(),
+            )
+            .unwrap();
         let max = diff.max_all().unwrap().to_scalar::<f32>().unwrap();
         assert!(max < 1e-5, "max abs difference {max}");
     }

@@ -86,7 +86,11 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, String> {
 }
 
 /// Pools `hidden` ([batch, seq, dim]) under `mask` ([batch, seq], 1 for real tokens).
-pub(crate) fn pool(hidden: &Tensor, mask: &Tensor, pooling: Pooling) -> candle_core::Result<Tensor> {
+pub(crate) fn pool(
+    hidden: &Tensor,
+    mask: &Tensor,
+    pooling: Pooling,
+) -> candle_core::Result<Tensor> {
     match pooling {
         Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1),
         Pooling::Mean => {
@@ -97,8 +101,12 @@ pub(crate) fn pool(hidden: &Tensor, mask: &Tensor, pooling: Pooling) -> candle_c
         }
         Pooling::Max => {
             // Padding must never win the maximum.
-            let mask = mask.to_dtype(DType::U8)?.unsqueeze(D::Minus1)?.broadcast_as(hidden.shape())?;
-            let floor = Tensor::full(f32::MIN, hidden.shape(), hidden.device())?.to_dtype(hidden.dtype())?;
+            let mask = mask
+                .to_dtype(DType::U8)?
+                .unsqueeze(D::Minus1)?
+                .broadcast_as(hidden.shape())?;
+            let floor = Tensor::full(f32::MIN, hidden.shape(), hidden.device())?
+                .to_dtype(hidden.dtype())?;
             mask.where_cond(hidden, &floor)?.max(1)
         }
     }
@@ -106,7 +114,11 @@ pub(crate) fn pool(hidden: &Tensor, mask: &Tensor, pooling: Pooling) -> candle_c
 
 /// Scales each row to unit L2 norm.
 pub(crate) fn l2_normalize(x: &Tensor) -> candle_core::Result<Tensor> {
-    let norms = x.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
+    let norms = x
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .sqrt()?
+        .clamp(1e-12, f64::MAX)?;
     x.broadcast_div(&norms)
 }
 
@@ -125,21 +137,39 @@ mod tests {
     #[test]
     fn mean_ignores_padding() {
         let (h, m) = hidden();
-        let v = pool(&h, &m, Pooling::Mean).unwrap().to_vec2::<f32>().unwrap();
+        let v = pool(&h, &m, Pooling::Mean)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
         assert_eq!(v, vec![vec![2., 3.]]);
     }
 
     #[test]
     fn max_ignores_padding_and_cls_takes_first() {
         let (h, m) = hidden();
-        assert_eq!(pool(&h, &m, Pooling::Max).unwrap().to_vec2::<f32>().unwrap(), vec![vec![3., 4.]]);
-        assert_eq!(pool(&h, &m, Pooling::Cls).unwrap().to_vec2::<f32>().unwrap(), vec![vec![1., 2.]]);
+        assert_eq!(
+            pool(&h, &m, Pooling::Max)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap(),
+            vec![vec![3., 4.]]
+        );
+        assert_eq!(
+            pool(&h, &m, Pooling::Cls)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap(),
+            vec![vec![1., 2.]]
+        );
     }
 
     #[test]
     fn normalize_gives_unit_rows() {
         let x = Tensor::new(&[[3f32, 4.], [0., 2.]], &Device::Cpu).unwrap();
-        assert_eq!(l2_normalize(&x).unwrap().to_vec2::<f32>().unwrap(), vec![vec![0.6, 0.8], vec![0., 1.]]);
+        assert_eq!(
+            l2_normalize(&x).unwrap().to_vec2::<f32>().unwrap(),
+            vec![vec![0.6, 0.8], vec![0., 1.]]
+        );
     }
 
     #[test]
@@ -153,15 +183,25 @@ mod tests {
         )
         .unwrap();
         std::fs::create_dir(dir.path().join("1_Pooling")).unwrap();
-        std::fs::write(dir.path().join("1_Pooling/config.json"), r#"{"pooling_mode_mean_tokens": true}"#).unwrap();
+        std::fs::write(
+            dir.path().join("1_Pooling/config.json"),
+            r#"{"pooling_mode_mean_tokens": true}"#,
+        )
+        .unwrap();
         assert_eq!(
             PoolingSpec::from_dir(dir.path()).unwrap(),
-            PoolingSpec { pooling: Pooling::Mean, normalize: true }
+            PoolingSpec {
+                pooling: Pooling::Mean,
+                normalize: true
+            }
         );
         let plain = tempfile::tempdir().unwrap();
         assert_eq!(
             PoolingSpec::from_dir(plain.path()).unwrap(),
-            PoolingSpec { pooling: Pooling::Cls, normalize: false }
+            PoolingSpec {
+                pooling: Pooling::Cls,
+                normalize: false
+            }
         );
     }
 }

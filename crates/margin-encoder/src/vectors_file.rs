@@ -33,7 +33,10 @@ impl VectorsFile {
             .map_err(|e| OperationError::bad_input(path.display().to_string(), e.to_string()))?;
         let metadata = HashMap::from([
             ("model".to_string(), self.model.clone()),
-            ("ids".to_string(), serde_json::to_string(&self.ids).expect("ids serialize")),
+            (
+                "ids".to_string(),
+                serde_json::to_string(&self.ids).expect("ids serialize"),
+            ),
         ]);
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| OperationError::io(parent, e))?;
@@ -46,11 +49,16 @@ impl VectorsFile {
     pub fn read(path: &Path) -> OperationResult<VectorsFile> {
         let bad = |message: String| OperationError::bad_input(path.display().to_string(), message);
         let bytes = std::fs::read(path).map_err(|e| OperationError::io(path, e))?;
-        let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let (_, metadata) =
+            safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
         let info = metadata.metadata().clone().unwrap_or_default();
-        let ids: Vec<String> = serde_json::from_str(info.get("ids").ok_or_else(|| bad("no `ids` metadata".into()))?)
-            .map_err(|e| bad(format!("`ids` metadata: {e}")))?;
-        let tensors = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+        let ids: Vec<String> = serde_json::from_str(
+            info.get("ids")
+                .ok_or_else(|| bad("no `ids` metadata".into()))?,
+        )
+        .map_err(|e| bad(format!("`ids` metadata: {e}")))?;
+        let tensors =
+            safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
         let tensor = tensors.tensor(TENSOR).map_err(|e| bad(e.to_string()))?;
         let (rows, dim) = match tensor.shape() {
             [rows, dim] if tensor.dtype() == Dtype::F32 => (*rows, *dim),
@@ -103,6 +111,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("junk.safetensors");
         std::fs::write(&path, b"not safetensors").unwrap();
-        assert!(VectorsFile::read(&path).unwrap_err().to_string().contains("junk.safetensors"));
+        assert!(VectorsFile::read(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("junk.safetensors"));
     }
 }

@@ -20,14 +20,18 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn minilm_matches_sentence_transformers() {
-    let Some(dir) = margin_testkit::real_model("minilm_matches_sentence_transformers", "all-minilm-l6-v2") else {
+    let Some(dir) =
+        margin_testkit::real_model("minilm_matches_sentence_transformers", "all-minilm-l6-v2")
+    else {
         return;
     };
     let path = margin_testkit::workspace_root().join("tests/fixtures/minilm_reference.json");
-    let reference: Reference = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let reference: Reference =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert!(reference.sentences.len() >= 10);
 
-    let encoder = BertEncoder::load("all-minilm-l6-v2", &dir, &BertEncoderOptions::default()).unwrap();
+    let encoder =
+        BertEncoder::load("all-minilm-l6-v2", &dir, &BertEncoderOptions::default()).unwrap();
     assert_eq!(encoder.dim(), 384);
     assert_eq!(encoder.max_length(), reference.max_seq_length);
     let sentences: Vec<&str> = reference.sentences.iter().map(String::as_str).collect();

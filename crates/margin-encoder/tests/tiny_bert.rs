@@ -13,7 +13,10 @@ fn options(batch_size: usize, max_length: usize) -> BertEncoderOptions {
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 const TEXTS: &[&str] = &[
@@ -56,7 +59,10 @@ fn sentence_transformers_style_is_normalized_mean_pooling() {
     }
     // Passages are "title: text" as one sequence for a shared model.
     let passage = encoder
-        .encode_passages(&[PassageText { title: "moon", text: "the tide" }])
+        .encode_passages(&[PassageText {
+            title: "moon",
+            text: "the tide",
+        }])
         .unwrap();
     let joined = encoder.encode_questions(&["moon: the tide"]).unwrap();
     assert!(max_abs_diff(&passage[0], &joined[0]) < 1e-6);
@@ -87,22 +93,35 @@ fn dpr_layout_uses_two_models_cls_pooling_and_title_text_pairs() {
     let c_dir = tempfile::tempdir().unwrap();
     write_tiny_bert(q_dir.path(), TinyBertStyle::DprQuestion, 64);
     write_tiny_bert(c_dir.path(), TinyBertStyle::DprContext, 64);
-    let encoder = BertEncoder::load_dual("tiny-dpr", q_dir.path(), c_dir.path(), &options(4, 0)).unwrap();
+    let encoder =
+        BertEncoder::load_dual("tiny-dpr", q_dir.path(), c_dir.path(), &options(4, 0)).unwrap();
     assert!(!encoder.normalized(), "DPR vectors are not normalised");
     let q = encoder.encode_questions(&["the moon"]).unwrap();
     let p = encoder
-        .encode_passages(&[PassageText { title: "", text: "the moon" }])
+        .encode_passages(&[PassageText {
+            title: "",
+            text: "the moon",
+        }])
         .unwrap();
     assert!(
         max_abs_diff(&q[0], &p[0]) > 1e-4,
         "questions and passages go through different models"
     );
     let with_title = encoder
-        .encode_passages(&[PassageText { title: "sea", text: "the moon" }])
+        .encode_passages(&[PassageText {
+            title: "sea",
+            text: "the moon",
+        }])
         .unwrap();
-    assert!(max_abs_diff(&p[0], &with_title[0]) > 1e-4, "the title is part of the input");
+    assert!(
+        max_abs_diff(&p[0], &with_title[0]) > 1e-4,
+        "the title is part of the input"
+    );
     let norm: f32 = q[0].iter().map(|x| x * x).sum::<f32>().sqrt();
-    assert!((norm - 1.0).abs() > 1e-3, "no normalisation for CLS pooling");
+    assert!(
+        (norm - 1.0).abs() > 1e-3,
+        "no normalisation for CLS pooling"
+    );
 }
 
 #[test]
@@ -117,11 +136,20 @@ fn empty_input_gives_empty_output() {
 #[test]
 fn missing_or_broken_model_folder_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let err = BertEncoder::load("tiny", dir.path(), &options(4, 0)).err().unwrap().to_string();
+    let err = BertEncoder::load("tiny", dir.path(), &options(4, 0))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("config.json"), "{err}");
 
     write_tiny_bert(dir.path(), TinyBertStyle::SentenceTransformers, 64);
     std::fs::remove_file(dir.path().join("model.safetensors")).unwrap();
-    let err = BertEncoder::load("tiny", dir.path(), &options(4, 0)).err().unwrap().to_string();
-    assert!(err.contains("model.safetensors") && err.contains("tiny"), "{err}");
+    let err = BertEncoder::load("tiny", dir.path(), &options(4, 0))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("model.safetensors") && err.contains("tiny"),
+        "{err}"
+    );
 }

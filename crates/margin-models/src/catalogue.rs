@@ -134,17 +134,14 @@ impl Catalogue {
         if path.as_os_str().is_empty() {
             return Ok(Catalogue::builtin());
         }
-        let text =
-            std::fs::read_to_string(path).map_err(|e| OperationError::io(path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| OperationError::io(path, e))?;
         Catalogue::parse(&text, &path.display().to_string())
     }
 
     /// The entry called `name`, or an error listing the known names.
     pub fn get(&self, name: &str) -> OperationResult<&ModelEntry> {
-        self.models
-            .iter()
-            .find(|m| m.name == name)
-            .ok_or_else(|| OperationError::ModelUnavailable {
+        self.models.iter().find(|m| m.name == name).ok_or_else(|| {
+            OperationError::ModelUnavailable {
                 model: name.to_string(),
                 message: "not in the model catalogue".into(),
                 hint: format!(
@@ -155,7 +152,8 @@ impl Catalogue {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-            })
+            }
+        })
     }
 
     fn validate(&self, origin: &str) -> OperationResult<()> {
@@ -216,7 +214,9 @@ mod tests {
         }
         let gemma = catalogue.get("gemma3-270m").unwrap();
         match &gemma.sources[0] {
-            SourceSpec::Pip { packages, parts, .. } => {
+            SourceSpec::Pip {
+                packages, parts, ..
+            } => {
                 assert_eq!(packages.len(), 4);
                 assert_eq!(parts["gemma-3-270m-q4_k_m.gguf"].len(), 4);
             }
@@ -232,7 +232,10 @@ mod tests {
     #[test]
     fn unknown_model_lists_known_names() {
         let err = Catalogue::builtin().get("gpt-17").unwrap_err().to_string();
-        assert!(err.contains("gpt-17") && err.contains("all-minilm-l6-v2"), "{err}");
+        assert!(
+            err.contains("gpt-17") && err.contains("all-minilm-l6-v2"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -246,8 +249,13 @@ mod tests {
             license = ""
             files = [{ name = "a.gguf", sha256 = "xyz" }]
         "#;
-        assert!(Catalogue::parse(bad_hash, "t").unwrap_err().to_string().contains("64 hex"));
-        let escaping = bad_hash.replace("\"xyz\"", "\"\"").replace("a.gguf", "../a.gguf");
+        assert!(Catalogue::parse(bad_hash, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("64 hex"));
+        let escaping = bad_hash
+            .replace("\"xyz\"", "\"\"")
+            .replace("a.gguf", "../a.gguf");
         assert!(Catalogue::parse(&escaping, "t")
             .unwrap_err()
             .to_string()

@@ -15,7 +15,9 @@ pub fn sha256_file(path: &Path) -> OperationResult<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; BUF];
     loop {
-        let n = file.read(&mut buf).map_err(|e| OperationError::io(path, e))?;
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| OperationError::io(path, e))?;
         if n == 0 {
             break;
         }

@@ -13,6 +13,7 @@ use std::io::BufReader;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
+use margin_core::error::first_line;
 use margin_core::{OperationError, OperationResult};
 use tokenizers::decoders::byte_fallback::ByteFallback;
 use tokenizers::decoders::byte_level::ByteLevel;
@@ -63,8 +64,12 @@ impl GgufVocab {
     /// Reads the vocabulary from the GGUF file at `path` (metadata only).
     pub fn read(path: &Path) -> OperationResult<GgufVocab> {
         let file = File::open(path).map_err(|e| OperationError::io(path, e))?;
-        let content = Content::read(&mut BufReader::new(file))
-            .map_err(|e| OperationError::bad_input(path.display().to_string(), format!("not a readable GGUF file: {e}")))?;
+        let content = Content::read(&mut BufReader::new(file)).map_err(|e| {
+            OperationError::bad_input(
+                path.display().to_string(),
+                format!("not a readable GGUF file: {}", first_line(&e.to_string())),
+            )
+        })?;
         Self::from_metadata(&content.metadata)
             .map_err(|message| OperationError::bad_input(path.display().to_string(), message))
     }
@@ -75,15 +80,20 @@ impl GgufVocab {
             meta.get(key).and_then(|v| v.to_string().ok()).cloned()
         };
         let array = |key: &str| -> Vec<Value> {
-            meta.get(key).and_then(|v| v.to_vec().ok()).cloned().unwrap_or_default()
+            meta.get(key)
+                .and_then(|v| v.to_vec().ok())
+                .cloned()
+                .unwrap_or_default()
         };
         let id = |key: &str| meta.get(key).and_then(|v| v.to_u32().ok());
         let flag = |key: &str, default: bool| {
-            meta.get(key).and_then(|v| v.to_bool().ok()).unwrap_or(default)
+            meta.get(key)
+                .and_then(|v| v.to_bool().ok())
+                .unwrap_or(default)
         };
 
-        let model = string("tokenizer.ggml.model")
-            .ok_or("no tokenizer.ggml.model in the GGUF metadata")?;
+        let model =
+            string("tokenizer.ggml.model").ok_or("no tokenizer.ggml.model in the GGUF metadata")?;
         let tokens = array("tokenizer.ggml.tokens")
             .iter()
             .map(|v| v.to_string().cloned().map_err(|e| e.to_string()))
@@ -188,10 +198,14 @@ pub fn build_tokenizer(vocab: &GgufVocab) -> Result<Tokenizer, String> {
     };
     let (special, plain): (Vec<AddedToken>, Vec<AddedToken>) =
         vocab.added_tokens().into_iter().partition(|t| t.special);
-    tokenizer.add_special_tokens(special).map_err(|e| e.to_string())?;
+    tokenizer
+        .add_special_tokens(special)
+        .map_err(|e| e.to_string())?;
     tokenizer.add_tokens(plain).map_err(|e| e.to_string())?;
     if vocab.add_bos_token {
-        let bos_id = vocab.bos_token_id.ok_or("add_bos_token is set but there is no bos_token_id")?;
+        let bos_id = vocab
+            .bos_token_id
+            .ok_or("add_bos_token is set but there is no bos_token_id")?;
         let bos = vocab
             .tokens
             .get(bos_id as usize)
@@ -246,15 +260,21 @@ fn sentencepiece_bpe(vocab: &GgufVocab) -> Result<Tokenizer, String> {
         .vocab_and_merges(map, merges)
         .byte_fallback(true)
         .fuse_unk(true);
-    if let Some(unk) = vocab.unknown_token_id.and_then(|id| vocab.tokens.get(id as usize)) {
+    if let Some(unk) = vocab
+        .unknown_token_id
+        .and_then(|id| vocab.tokens.get(id as usize))
+    {
         builder = builder.unk_token(unk.clone());
     }
     let bpe = builder.build().map_err(|e| e.to_string())?;
     let mut tokenizer = Tokenizer::new(bpe);
     let to_visible_space = Replace::new(" ", SPM_SPACE).map_err(|e| e.to_string())?;
     let normalizer: NormalizerWrapper = if vocab.add_space_prefix {
-        NormalizerSequence::new(vec![Prepend::new(SPM_SPACE.into()).into(), to_visible_space.into()])
-            .into()
+        NormalizerSequence::new(vec![
+            Prepend::new(SPM_SPACE.into()).into(),
+            to_visible_space.into(),
+        ])
+        .into()
     } else {
         to_visible_space.into()
     };
@@ -262,7 +282,9 @@ fn sentencepiece_bpe(vocab: &GgufVocab) -> Result<Tokenizer, String> {
         .with_normalizer(Some(normalizer))
         .map_err(|e| e.to_string())?;
     let mut decoders: Vec<DecoderWrapper> = vec![
-        Replace::new(SPM_SPACE, " ").map_err(|e| e.to_string())?.into(),
+        Replace::new(SPM_SPACE, " ")
+            .map_err(|e| e.to_string())?
+            .into(),
         ByteFallback::new().into(),
         Fuse::new().into(),
     ];
@@ -307,7 +329,9 @@ mod tests {
 
     /// GPT-2's printable stand-in for a byte.
     fn byte_char(b: u8) -> char {
-        let printable = |b: u8| (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        let printable = |b: u8| {
+            (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+        };
         if printable(b) {
             return b as char;
         }
@@ -316,7 +340,12 @@ mod tests {
     }
 
     fn sentencepiece_vocab() -> GgufVocab {
-        let mut tokens = vec!["<pad>".to_string(), "<eos>".into(), "<bos>".into(), "<unk>".into()];
+        let mut tokens = vec![
+            "<pad>".to_string(),
+            "<eos>".into(),
+            "<bos>".into(),
+            "<unk>".into(),
+        ];
         let mut types = vec![TOKEN_CONTROL, TOKEN_CONTROL, TOKEN_CONTROL, 2];
         for b in 0u8..=255 {
             tokens.push(format!("<0x{b:02X}>"));
@@ -361,7 +390,11 @@ mod tests {
     #[test]
     fn smollm_pre_tokenizer_splits_digits() {
         let tokenizer = build_tokenizer(&byte_level_vocab()).unwrap();
-        let tokens = tokenizer.encode("1901", false).unwrap().get_tokens().to_vec();
+        let tokens = tokenizer
+            .encode("1901", false)
+            .unwrap()
+            .get_tokens()
+            .to_vec();
         assert_eq!(tokens, vec!["1", "9", "0", "1"]);
     }
 
@@ -372,14 +405,22 @@ mod tests {
             assert_eq!(&round_trip(&tokenizer, text), text);
         }
         let encoding = tokenizer.encode("the", true).unwrap();
-        assert_eq!(encoding.get_tokens(), &["<bos>", "the"], "bos added, highest-scored merge chain");
+        assert_eq!(
+            encoding.get_tokens(),
+            &["<bos>", "the"],
+            "bos added, highest-scored merge chain"
+        );
         let bytes = tokenizer.encode("é", false).unwrap();
         assert_eq!(bytes.get_tokens(), &["<0xC3>", "<0xA9>"]);
     }
 
     #[test]
     fn unsupported_model_is_named() {
-        let vocab = GgufVocab { model: "rwkv".into(), tokens: vec!["a".into()], ..Default::default() };
+        let vocab = GgufVocab {
+            model: "rwkv".into(),
+            tokens: vec!["a".into()],
+            ..Default::default()
+        };
         assert!(build_tokenizer(&vocab).unwrap_err().contains("rwkv"));
     }
 }

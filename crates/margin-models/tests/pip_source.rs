@@ -16,10 +16,24 @@ fn write_wheel(dir: &Path, dist: &str, version: &str, files: &[(&str, &[u8])]) {
     let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
     let options = zip::write::SimpleFileOptions::default();
     let info = format!("{dist}-{version}.dist-info");
-    let mut all: Vec<(String, Vec<u8>)> = files.iter().map(|(n, b)| (n.to_string(), b.to_vec())).collect();
-    all.push((format!("{info}/METADATA"), format!("Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n").into_bytes()));
-    all.push((format!("{info}/WHEEL"), b"Wheel-Version: 1.0\nGenerator: margin-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n".to_vec()));
-    let record: String = all.iter().map(|(n, _)| format!("{n},,\n")).collect::<String>() + &format!("{info}/RECORD,,\n");
+    let mut all: Vec<(String, Vec<u8>)> = files
+        .iter()
+        .map(|(n, b)| (n.to_string(), b.to_vec()))
+        .collect();
+    all.push((
+        format!("{info}/METADATA"),
+        format!("Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n").into_bytes(),
+    ));
+    all.push((
+        format!("{info}/WHEEL"),
+        b"Wheel-Version: 1.0\nGenerator: margin-test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+            .to_vec(),
+    ));
+    let record: String = all
+        .iter()
+        .map(|(n, _)| format!("{n},,\n"))
+        .collect::<String>()
+        + &format!("{info}/RECORD,,\n");
     all.push((format!("{info}/RECORD"), record.into_bytes()));
     for (name, bytes) in all {
         zip.start_file(name, options).unwrap();
@@ -33,9 +47,24 @@ fn wheels_dir() -> &'static Path {
     DIR.get_or_init(|| {
         let dir = std::env::temp_dir().join(format!("margin-pip-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        write_wheel(&dir, "fake_part1", "1.0.0", &[("fake_part1/data/m.bin.part00", b"hello ")]);
-        write_wheel(&dir, "fake_part2", "1.0.0", &[("fake_part2/data/m.bin.part01", b"world")]);
-        write_wheel(&dir, "fake_model", "0.1.0", &[("fake_model/model/config.json", b"{}")]);
+        write_wheel(
+            &dir,
+            "fake_part1",
+            "1.0.0",
+            &[("fake_part1/data/m.bin.part00", b"hello ")],
+        );
+        write_wheel(
+            &dir,
+            "fake_part2",
+            "1.0.0",
+            &[("fake_part2/data/m.bin.part01", b"world")],
+        );
+        write_wheel(
+            &dir,
+            "fake_model",
+            "0.1.0",
+            &[("fake_model/model/config.json", b"{}")],
+        );
         // Child `pip` processes inherit these; every test here wants the same values.
         std::env::set_var("PIP_NO_INDEX", "1");
         std::env::set_var("PIP_FIND_LINKS", &dir);
@@ -101,10 +130,19 @@ prefix = "fake_model/model/"
     );
     let store = store(&catalogue, tmp.path());
     store.pull("split", false).unwrap();
-    assert_eq!(std::fs::read(store.resolve("split").unwrap().join("m.bin")).unwrap(), b"hello world");
+    assert_eq!(
+        std::fs::read(store.resolve("split").unwrap().join("m.bin")).unwrap(),
+        b"hello world"
+    );
     store.pull("plain", false).unwrap();
-    assert_eq!(std::fs::read(store.resolve("plain").unwrap().join("config.json")).unwrap(), b"{}");
-    assert!(!store.model_dir("split").join(".wheels").exists(), "wheels are not kept");
+    assert_eq!(
+        std::fs::read(store.resolve("plain").unwrap().join("config.json")).unwrap(),
+        b"{}"
+    );
+    assert!(
+        !store.model_dir("split").join(".wheels").exists(),
+        "wheels are not kept"
+    );
 }
 
 #[test]
@@ -125,7 +163,10 @@ packages = ["no-such-package-for-margin==9.9.9"]
 "#;
     let store = store(catalogue, tmp.path());
     let err = store.pull("absent", false).unwrap_err().to_string();
-    assert!(err.contains("source pip no-such-package-for-margin==9.9.9"), "{err}");
+    assert!(
+        err.contains("source pip no-such-package-for-margin==9.9.9"),
+        "{err}"
+    );
     assert!(err.contains("registry"), "{err}");
     assert!(!tmp.path().join("models/absent").exists());
 }

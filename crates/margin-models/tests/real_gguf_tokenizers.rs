@@ -14,7 +14,8 @@ struct Reference {
 }
 
 fn reference() -> Reference {
-    let path = margin_testkit::workspace_root().join("tests/fixtures/gguf_tokenizer_reference.json");
+    let path =
+        margin_testkit::workspace_root().join("tests/fixtures/gguf_tokenizer_reference.json");
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -24,13 +25,25 @@ fn derived_tokenizer(test: &str, model: &str) -> Option<Tokenizer> {
 }
 
 /// Extra strings beyond the reference set, for the round trip.
-const MORE: &[&str] = &["", " ", "a", "\u{00a0}non-breaking\u{2009}thin", "🧑‍🔬 zero-width\u{200d}joiner", "Straße ÆØÅ ﬁ"];
+const MORE: &[&str] = &[
+    "",
+    " ",
+    "a",
+    "\u{00a0}non-breaking\u{2009}thin",
+    "🧑‍🔬 zero-width\u{200d}joiner",
+    "Straße ÆØÅ ﬁ",
+];
 
 fn check_round_trip(tokenizer: &Tokenizer, texts: &[String]) {
     for text in texts.iter().map(String::as_str).chain(MORE.iter().copied()) {
         let enc = tokenizer.encode(text, false).unwrap();
         let back = tokenizer.decode(enc.get_ids(), false).unwrap();
-        assert_eq!(back, text, "round trip of {text:?} via {:?}", enc.get_tokens());
+        assert_eq!(
+            back,
+            text,
+            "round trip of {text:?} via {:?}",
+            enc.get_tokens()
+        );
     }
 }
 
@@ -39,12 +52,24 @@ fn check_round_trip(tokenizer: &Tokenizer, texts: &[String]) {
 /// the GGUF vocabulary (`vocab_size` and up): its GGUF converter adds tokens the
 /// model has no embeddings for (Gemma's runs of spaces), where margin uses the
 /// model's own tokens, as llama.cpp does.
-fn check_reference(model: &str, tokenizer: &Tokenizer, reference: &Reference, vocab_size: u32) -> usize {
+fn check_reference(
+    model: &str,
+    tokenizer: &Tokenizer,
+    reference: &Reference,
+    vocab_size: u32,
+) -> usize {
     let mut same = 0;
     for (text, expected) in reference.texts.iter().zip(&reference.ids[model]) {
-        let ours = tokenizer.encode(text.as_str(), false).unwrap().get_ids().to_vec();
+        let ours = tokenizer
+            .encode(text.as_str(), false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
         let only_out_of_vocab = ours.len() == expected.len()
-            && ours.iter().zip(expected).all(|(a, b)| a == b || (*b >= vocab_size && *a < vocab_size));
+            && ours
+                .iter()
+                .zip(expected)
+                .all(|(a, b)| a == b || (*b >= vocab_size && *a < vocab_size));
         if only_out_of_vocab {
             same += 1;
         } else {
@@ -62,9 +87,17 @@ fn smollm2_tokenizer_round_trips_and_matches_transformers() {
     let reference = reference();
     check_round_trip(&tokenizer, &reference.texts);
     let same = check_reference("smollm2-135m-instruct", &tokenizer, &reference, 49_152);
-    assert_eq!(same, reference.texts.len(), "every reference string tokenizes as transformers does");
+    assert_eq!(
+        same,
+        reference.texts.len(),
+        "every reference string tokenizes as transformers does"
+    );
     let chat = tokenizer.encode("<|im_start|>user", false).unwrap();
-    assert_eq!(chat.get_tokens()[0], "<|im_start|>", "ChatML markers are single tokens");
+    assert_eq!(
+        chat.get_tokens()[0],
+        "<|im_start|>",
+        "ChatML markers are single tokens"
+    );
 }
 
 #[test]
@@ -75,7 +108,11 @@ fn gemma3_tokenizer_round_trips_and_matches_transformers() {
     let reference = reference();
     check_round_trip(&tokenizer, &reference.texts);
     let same = check_reference("gemma3-270m", &tokenizer, &reference, 262_144);
-    assert_eq!(same, reference.texts.len(), "every reference string tokenizes as transformers does");
+    assert_eq!(
+        same,
+        reference.texts.len(),
+        "every reference string tokenizes as transformers does"
+    );
     let with_bos = tokenizer.encode("hello", true).unwrap();
     assert_eq!(with_bos.get_tokens()[0], "<bos>", "Gemma adds BOS");
 }

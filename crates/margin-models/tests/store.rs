@@ -34,7 +34,12 @@ fn fixture(entries: &str) -> Fixture {
     let catalogue = tmp.path().join("models.toml");
     std::fs::create_dir_all(&local).unwrap();
     std::fs::write(&catalogue, entries).unwrap();
-    Fixture { _tmp: tmp, data, local, catalogue }
+    Fixture {
+        _tmp: tmp,
+        data,
+        local,
+        catalogue,
+    }
 }
 
 fn store(f: &Fixture) -> ModelStore {
@@ -70,28 +75,43 @@ fn hash_of(bytes: &[u8]) -> String {
 fn pull_from_local_then_verify_and_detect_tampering() {
     let good = hash_of(b"{\"a\": 1}");
     let weights = hash_of(b"weights");
-    let f = fixture(&catalogue_entry("m", &[("config.json", &good), ("sub/w.bin", &weights)]));
+    let f = fixture(&catalogue_entry(
+        "m",
+        &[("config.json", &good), ("sub/w.bin", &weights)],
+    ));
     write_local(&f, "m", "config.json", b"{\"a\": 1}");
     write_local(&f, "m", "sub/w.bin", b"weights");
     let store = store(&f);
 
     assert_eq!(store.status("m").unwrap(), ModelStatus::Missing);
-    assert!(store.resolve("m").unwrap_err().to_string().contains("margin models pull m"));
+    assert!(store
+        .resolve("m")
+        .unwrap_err()
+        .to_string()
+        .contains("margin models pull m"));
     match store.pull("m", false).unwrap() {
-        PullOutcome::Fetched { source, pinned_now, .. } => {
+        PullOutcome::Fetched {
+            source, pinned_now, ..
+        } => {
             assert!(source.starts_with("local "), "{source}");
             assert!(pinned_now.is_empty());
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(store.pull("m", false).unwrap(), PullOutcome::AlreadyPresent { .. }));
+    assert!(matches!(
+        store.pull("m", false).unwrap(),
+        PullOutcome::AlreadyPresent { .. }
+    ));
     let dir = store.resolve("m").unwrap();
     assert_eq!(std::fs::read(dir.join("sub/w.bin")).unwrap(), b"weights");
     assert_eq!(store.verify("m").unwrap().len(), 2);
 
     std::fs::write(dir.join("sub/w.bin"), b"tampered").unwrap();
     let err = store.verify("m").unwrap_err();
-    assert!(matches!(err, OperationError::ChecksumMismatch { .. }), "{err}");
+    assert!(
+        matches!(err, OperationError::ChecksumMismatch { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("w.bin"));
 }
 
@@ -106,7 +126,10 @@ fn hash_mismatch_is_rejected_and_the_cached_copy_survives() {
     // The source now serves other bytes; a forced pull must fail and keep v1.
     write_local(&f, "m", "w.bin", b"v2-corrupt");
     let err = store.pull("m", true).unwrap_err().to_string();
-    assert!(err.contains("SHA-256 mismatch") && err.contains("source local"), "{err}");
+    assert!(
+        err.contains("SHA-256 mismatch") && err.contains("source local"),
+        "{err}"
+    );
     let dir = store.resolve("m").unwrap();
     assert_eq!(std::fs::read(dir.join("w.bin")).unwrap(), b"v1");
     store.verify("m").unwrap();
@@ -115,7 +138,10 @@ fn hash_mismatch_is_rejected_and_the_cached_copy_survives() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| n.starts_with('.'))
         .collect();
-    assert!(leftovers.is_empty(), "staging folders left behind: {leftovers:?}");
+    assert!(
+        leftovers.is_empty(),
+        "staging folders left behind: {leftovers:?}"
+    );
 }
 
 #[test]
@@ -124,7 +150,9 @@ fn unpinned_hash_is_pinned_on_first_pull_then_enforced() {
     write_local(&f, "m", "w.bin", b"first");
     let store = store(&f);
     match store.pull("m", false).unwrap() {
-        PullOutcome::Fetched { pinned_now, .. } => assert_eq!(pinned_now, vec!["w.bin".to_string()]),
+        PullOutcome::Fetched { pinned_now, .. } => {
+            assert_eq!(pinned_now, vec!["w.bin".to_string()])
+        }
         other => panic!("{other:?}"),
     }
     let dir = store.resolve("m").unwrap();
@@ -138,8 +166,15 @@ fn every_failing_source_is_named_with_a_hint() {
     let store = store(&f);
     let err = store.pull("m", false).unwrap_err().to_string();
     assert!(err.contains("model `m`") && err.contains("local"), "{err}");
-    assert!(err.contains("models.local_dir") || err.contains("local folder"), "{err}");
-    assert!(store.pull("no-such-model", false).unwrap_err().to_string().contains("not in the model catalogue"));
+    assert!(
+        err.contains("models.local_dir") || err.contains("local folder"),
+        "{err}"
+    );
+    assert!(store
+        .pull("no-such-model", false)
+        .unwrap_err()
+        .to_string()
+        .contains("not in the model catalogue"));
 }
 
 #[test]
@@ -156,7 +191,12 @@ fn write_tiny_gguf(path: &Path) {
         .iter()
         .map(|t| Value::String(t.to_string()))
         .collect();
-    let types = Value::Array(vec![2, 3, 3, 1, 1, 1, 3].into_iter().map(Value::I32).collect());
+    let types = Value::Array(
+        vec![2, 3, 3, 1, 1, 1, 3]
+            .into_iter()
+            .map(Value::I32)
+            .collect(),
+    );
     let merges = Value::Array(vec![Value::String("h i".into())]);
     let model = Value::String("gpt2".into());
     let tokens = Value::Array(tokens);
@@ -191,7 +231,15 @@ fn gguf_models_get_a_tokenizer_derived_from_metadata() {
     let enc = tokenizer.encode("<|im_start|>hi", false).unwrap();
     assert_eq!(enc.get_ids(), &[6, 5]);
     let manifest = store.manifest("g").unwrap().unwrap();
-    let derived = manifest.files.iter().find(|f| f.name == "tokenizer.json").unwrap();
+    let derived = manifest
+        .files
+        .iter()
+        .find(|f| f.name == "tokenizer.json")
+        .unwrap();
     assert!(derived.derived_from.as_deref().unwrap().contains("m.gguf"));
-    assert_eq!(store.verify("g").unwrap().len(), 2, "the derived file is verified too");
+    assert_eq!(
+        store.verify("g").unwrap().len(),
+        2,
+        "the derived file is verified too"
+    );
 }

@@ -52,10 +52,17 @@ pub fn run(config: &Config, action: BenchAction) -> anyhow::Result<()> {
 fn encode(config: &Config, args: EncodeBench) -> anyhow::Result<()> {
     let mut passages = crate::wiring::passages(config, std::slice::from_ref(&args.corpus), true)?;
     passages.truncate(args.passages);
-    anyhow::ensure!(!passages.is_empty(), "{} has no passages", args.corpus.display());
+    anyhow::ensure!(
+        !passages.is_empty(),
+        "{} has no passages",
+        args.corpus.display()
+    );
     let inputs: Vec<PassageText> = passages
         .iter()
-        .map(|p| PassageText { title: &p.title, text: &p.text })
+        .map(|p| PassageText {
+            title: &p.title,
+            text: &p.text,
+        })
         .collect();
 
     let encoder = crate::wiring::encoder(config)?;
@@ -66,7 +73,12 @@ fn encode(config: &Config, args: EncodeBench) -> anyhow::Result<()> {
     let vectors = encoder.encode_passages(&inputs)?;
     let seconds = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    anyhow::ensure!(vectors.len() == inputs.len(), "encoder returned {} vectors for {} inputs", vectors.len(), inputs.len());
+    anyhow::ensure!(
+        vectors.len() == inputs.len(),
+        "encoder returned {} vectors for {} inputs",
+        vectors.len(),
+        inputs.len()
+    );
 
     let out = EncodeReport {
         model: encoder.name().to_string(),
@@ -77,7 +89,9 @@ fn encode(config: &Config, args: EncodeBench) -> anyhow::Result<()> {
         seconds,
         passages_per_second: inputs.len() as f64 / seconds,
         peak_rss_mib: peak_rss_mib(),
-        threads: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        threads: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);

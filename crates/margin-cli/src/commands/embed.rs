@@ -36,7 +36,10 @@ pub fn run(config: &Config, args: EmbedArgs) -> anyhow::Result<()> {
     for chunk in passages.chunks(config.encoder.batch_size * 8) {
         let inputs: Vec<PassageText> = chunk
             .iter()
-            .map(|p| PassageText { title: &p.title, text: &p.text })
+            .map(|p| PassageText {
+                title: &p.title,
+                text: &p.text,
+            })
             .collect();
         for vector in encoder.encode_passages(&inputs)? {
             data.extend(vector);
@@ -50,7 +53,13 @@ pub fn run(config: &Config, args: EmbedArgs) -> anyhow::Result<()> {
         ids: passages.iter().map(|p| p.id.clone()).collect(),
         data,
     };
-    file.write(&args.out).with_context(|| format!("writing {}", args.out.display()))?;
-    println!("{} vectors of dimension {} written to {}", file.ids.len(), file.dim, args.out.display());
+    file.write(&args.out)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    println!(
+        "{} vectors of dimension {} written to {}",
+        file.ids.len(),
+        file.dim,
+        args.out.display()
+    );
     Ok(())
 }

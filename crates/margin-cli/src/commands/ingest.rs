@@ -34,7 +34,10 @@ pub fn run(config: &Config, args: IngestArgs) -> anyhow::Result<()> {
     } else {
         for file in &report.files {
             match &file.outcome {
-                FileOutcome::Ingested => println!("{}: {} documents, {} passages", file.path, file.documents, file.passages),
+                FileOutcome::Ingested => println!(
+                    "{}: {} documents, {} passages",
+                    file.path, file.documents, file.passages
+                ),
                 FileOutcome::Skipped { reason } => println!("{}: skipped: {reason}", file.path),
                 FileOutcome::Failed { error } => println!("FAILED: {error}"),
             }
@@ -46,17 +49,22 @@ pub fn run(config: &Config, args: IngestArgs) -> anyhow::Result<()> {
         );
     }
     if report.totals.files_failed > 0 {
-        anyhow::bail!("{} file(s) could not be read (see above); the others were ingested", report.totals.files_failed);
+        anyhow::bail!(
+            "{} file(s) could not be read (see above); the others were ingested",
+            report.totals.files_failed
+        );
     }
     Ok(())
 }
 
 fn write_passages(path: &Path, passages: &[Passage]) -> anyhow::Result<()> {
-    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut out = BufWriter::new(file);
     for passage in passages {
         serde_json::to_writer(&mut out, passage)?;
         out.write_all(b"\n")?;
     }
-    out.flush().with_context(|| format!("writing {}", path.display()))
+    out.flush()
+        .with_context(|| format!("writing {}", path.display()))
 }

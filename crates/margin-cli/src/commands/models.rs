@@ -58,7 +58,10 @@ pub fn run(config: &Config, action: ModelsAction) -> anyhow::Result<()> {
                         roles: m
                             .roles
                             .iter()
-                            .map(|r| serde_json::to_value(r).map(|v| v.as_str().unwrap_or_default().to_string()))
+                            .map(|r| {
+                                serde_json::to_value(r)
+                                    .map(|v| v.as_str().unwrap_or_default().to_string())
+                            })
                             .collect::<Result<Vec<_>, _>>()?
                             .join(","),
                         sources: m.sources.iter().map(|s| s.describe()).collect(),
@@ -70,7 +73,10 @@ pub fn run(config: &Config, action: ModelsAction) -> anyhow::Result<()> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
-                println!("{:<26} {:<8} {:<34} {:<10} sources", "name", "arch", "roles", "cached");
+                println!(
+                    "{:<26} {:<8} {:<34} {:<10} sources",
+                    "name", "arch", "roles", "cached"
+                );
                 for row in rows {
                     let cached = match row.status {
                         ModelStatus::Present { .. } => "yes",
@@ -89,9 +95,17 @@ pub fn run(config: &Config, action: ModelsAction) -> anyhow::Result<()> {
         }
         ModelsAction::Pull { names, all, force } => {
             let names = if all {
-                store.catalogue().models.iter().map(|m| m.name.clone()).collect()
+                store
+                    .catalogue()
+                    .models
+                    .iter()
+                    .map(|m| m.name.clone())
+                    .collect()
             } else if names.is_empty() {
-                vec![config.models.encoder.clone(), config.models.generator.clone()]
+                vec![
+                    config.models.encoder.clone(),
+                    config.models.generator.clone(),
+                ]
             } else {
                 names
             };
@@ -104,8 +118,15 @@ pub fn run(config: &Config, action: ModelsAction) -> anyhow::Result<()> {
                     Ok(PullOutcome::AlreadyPresent { dir }) => {
                         println!("{name}: already in the cache ({})", dir.display())
                     }
-                    Ok(PullOutcome::Fetched { dir, source, pinned_now }) => {
-                        println!("{name}: fetched from {source}, verified ({})", dir.display());
+                    Ok(PullOutcome::Fetched {
+                        dir,
+                        source,
+                        pinned_now,
+                    }) => {
+                        println!(
+                            "{name}: fetched from {source}, verified ({})",
+                            dir.display()
+                        );
                         for file in pinned_now {
                             println!("  warning: {file} has no hash in the catalogue; pinned the downloaded one");
                         }
