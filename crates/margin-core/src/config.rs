@@ -92,6 +92,25 @@ pub struct ChunkingConfig {
     pub overlap: usize,
 }
 
+impl ChunkingConfig {
+    /// Checks that `words` is at least 1 and `overlap` below it.
+    pub fn validate(&self) -> OperationResult<()> {
+        if self.words == 0 {
+            return Err(OperationError::bad_config(
+                "chunking.words",
+                "must be at least 1",
+            ));
+        }
+        if self.overlap >= self.words {
+            return Err(OperationError::bad_config(
+                "chunking.overlap",
+                format!("must be smaller than chunking.words ({})", self.words),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// `[encoder]`: device, batch size and input length.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,21 +262,7 @@ impl Config {
 
     /// Checks values serde cannot: ranges and combinations.
     pub fn validate(&self) -> OperationResult<()> {
-        if self.chunking.words == 0 {
-            return Err(OperationError::bad_config(
-                "chunking.words",
-                "must be at least 1",
-            ));
-        }
-        if self.chunking.overlap >= self.chunking.words {
-            return Err(OperationError::bad_config(
-                "chunking.overlap",
-                format!(
-                    "must be smaller than chunking.words ({})",
-                    self.chunking.words
-                ),
-            ));
-        }
+        self.chunking.validate()?;
         if self.encoder.batch_size == 0 {
             return Err(OperationError::bad_config(
                 "encoder.batch_size",

@@ -1,7 +1,7 @@
 //! Splitting documents into passages of about a fixed number of words.
 
 use margin_core::config::ChunkingConfig;
-use margin_core::{Document, OperationError, OperationResult, Passage};
+use margin_core::{Document, OperationResult, Passage};
 use unicode_segmentation::UnicodeSegmentation;
 
 /// Splits documents into DPR-style passages of about `words` words.
@@ -28,18 +28,7 @@ pub struct Chunker {
 impl Chunker {
     /// A chunker for `config`; `words` must be at least 1 and `overlap` below `words`.
     pub fn new(config: ChunkingConfig) -> OperationResult<Self> {
-        if config.words == 0 {
-            return Err(OperationError::bad_config(
-                "chunking.words",
-                "must be at least 1",
-            ));
-        }
-        if config.overlap >= config.words {
-            return Err(OperationError::bad_config(
-                "chunking.overlap",
-                format!("must be smaller than chunking.words ({})", config.words),
-            ));
-        }
+        config.validate()?;
         Ok(Self {
             words: config.words,
             overlap: config.overlap,
