@@ -8,9 +8,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use margin_core::config::ConfigSources;
-use margin_core::Config;
-use margin_models::checksum::sha256_file;
+mod common;
+
 use margin_models::{ModelStore, PullOutcome};
 
 /// Serves `files` (path -> bytes) until the test process ends; returns the endpoint URL.
@@ -57,7 +56,7 @@ fn serve(files: HashMap<String, Vec<u8>>) -> String {
                     "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{end}/{}\r\netag: \"{}\"\r\nx-repo-commit: 0123456789abcdef0123456789abcdef01234567\r\nConnection: close\r\n\r\n",
                     chunk.len(),
                     body.len(),
-                    etag(body),
+                    common::sha256_of(body),
                 );
                 let _ = stream.write_all(head.as_bytes());
                 let _ = stream.write_all(chunk);
@@ -67,28 +66,12 @@ fn serve(files: HashMap<String, Vec<u8>>) -> String {
     url
 }
 
-fn etag(body: &[u8]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("b"), body).unwrap();
-    sha256_file(&dir.path().join("b")).unwrap()
-}
-
 fn store(endpoint: &str, data: &std::path::Path, catalogue: &str) -> ModelStore {
-    std::fs::create_dir_all(data).unwrap();
-    let path = data.join("models.toml");
-    std::fs::write(&path, catalogue).unwrap();
-    let config = Config::load(&ConfigSources {
-        env: Some(Default::default()),
-        overrides: vec![
-            ("data_dir".into(), data.display().to_string()),
-            ("models.catalogue".into(), path.display().to_string()),
-            ("models.sources".into(), "hub".into()),
-            ("models.hub_endpoint".into(), endpoint.into()),
-        ],
-        ..Default::default()
-    })
-    .unwrap();
-    ModelStore::from_config(&config).unwrap()
+    common::store_with(
+        data,
+        catalogue,
+        &[("models.sources", "hub"), ("models.hub_endpoint", endpoint)],
+    )
 }
 
 fn catalogue(config_sha: &str, weights_sha: &str) -> String {
@@ -134,7 +117,7 @@ fn hub_source_fetches_renamed_files_and_verifies_them() {
     let store = store(
         &endpoint,
         tmp.path(),
-        &catalogue(&etag(b"{\"hidden\": 8}"), ""),
+        &catalogue(&common::sha256_of(b"{\"hidden\": 8}"), ""),
     );
     match store.pull("hubbed", false).unwrap() {
         PullOutcome::Fetched {

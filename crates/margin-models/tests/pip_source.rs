@@ -5,9 +5,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use margin_core::config::ConfigSources;
-use margin_core::Config;
-use margin_models::checksum::sha256_file;
+mod common;
+
 use margin_models::ModelStore;
 
 /// Writes a minimal valid wheel holding `files`.
@@ -72,26 +71,8 @@ fn wheels_dir() -> &'static Path {
     })
 }
 
-fn hash(bytes: &[u8]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("x"), bytes).unwrap();
-    sha256_file(&dir.path().join("x")).unwrap()
-}
-
 fn store(catalogue: &str, data: &Path) -> ModelStore {
-    let path = data.join("models.toml");
-    std::fs::create_dir_all(data).unwrap();
-    std::fs::write(&path, catalogue).unwrap();
-    let config = Config::load(&ConfigSources {
-        env: Some(Default::default()),
-        overrides: vec![
-            ("data_dir".into(), data.display().to_string()),
-            ("models.catalogue".into(), path.display().to_string()),
-        ],
-        ..Default::default()
-    })
-    .unwrap();
-    ModelStore::from_config(&config).unwrap()
+    common::store_with(data, catalogue, &[])
 }
 
 #[test]
@@ -125,8 +106,8 @@ kind = "pip"
 packages = ["fake-model==0.1.0"]
 prefix = "fake_model/model/"
 "#,
-        hash(b"hello world"),
-        hash(b"{}")
+        common::sha256_of(b"hello world"),
+        common::sha256_of(b"{}")
     );
     let store = store(&catalogue, tmp.path());
     store.pull("split", false).unwrap();

@@ -4,16 +4,17 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{self, Value};
-use margin_core::config::{ConfigSources, SourceKind};
-use margin_core::{Config, OperationError};
+use margin_core::OperationError;
 use margin_models::checksum::sha256_file;
 use margin_models::{ModelStatus, ModelStore, PullOutcome};
+
+mod common;
 
 struct Fixture {
     _tmp: tempfile::TempDir,
     data: PathBuf,
     local: PathBuf,
-    catalogue: PathBuf,
+    catalogue: String,
 }
 
 fn catalogue_entry(name: &str, files: &[(&str, &str)]) -> String {
@@ -31,30 +32,21 @@ fn fixture(entries: &str) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let local = tmp.path().join("local");
-    let catalogue = tmp.path().join("models.toml");
     std::fs::create_dir_all(&local).unwrap();
-    std::fs::write(&catalogue, entries).unwrap();
     Fixture {
         _tmp: tmp,
         data,
         local,
-        catalogue,
+        catalogue: entries.to_string(),
     }
 }
 
 fn store(f: &Fixture) -> ModelStore {
-    let config = Config::load(&ConfigSources {
-        env: Some(Default::default()),
-        overrides: vec![
-            ("data_dir".into(), f.data.display().to_string()),
-            ("models.local_dir".into(), f.local.display().to_string()),
-            ("models.catalogue".into(), f.catalogue.display().to_string()),
-        ],
-        ..Default::default()
-    })
-    .unwrap();
-    assert_eq!(config.models.sources[0], SourceKind::Local);
-    ModelStore::from_config(&config).unwrap()
+    common::store_with(
+        &f.data,
+        &f.catalogue,
+        &[("models.local_dir", f.local.to_str().unwrap())],
+    )
 }
 
 fn write_local(f: &Fixture, model: &str, file: &str, bytes: &[u8]) -> String {
@@ -64,17 +56,10 @@ fn write_local(f: &Fixture, model: &str, file: &str, bytes: &[u8]) -> String {
     sha256_file(&path).unwrap()
 }
 
-fn hash_of(bytes: &[u8]) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("x");
-    std::fs::write(&p, bytes).unwrap();
-    sha256_file(&p).unwrap()
-}
-
 #[test]
 fn pull_from_local_then_verify_and_detect_tampering() {
-    let good = hash_of(b"{\"a\": 1}");
-    let weights = hash_of(b"weights");
+    let good = common::sha256_of(b"{\"a\": 1}");
+    let weights = common::sha256_of(b"weights");
     let f = fixture(&catalogue_entry(
         "m",
         &[("config.json", &good), ("sub/w.bin", &weights)],
@@ -117,7 +102,7 @@ fn pull_from_local_then_verify_and_detect_tampering() {
 
 #[test]
 fn hash_mismatch_is_rejected_and_the_cached_copy_survives() {
-    let good = hash_of(b"v1");
+    let good = common::sha256_of(b"v1");
     let f = fixture(&catalogue_entry("m", &[("w.bin", &good)]));
     write_local(&f, "m", "w.bin", b"v1");
     let store = store(&f);
