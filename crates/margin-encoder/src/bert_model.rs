@@ -1,7 +1,7 @@
 //! BERT's encoder stack, written for inference on the CPU: the query, key and
 //! value projections run as one matrix product, the attention scale is applied
 //! to the queries (s·d values) rather than the scores (s² values), and softmax
-//! is candle's fused last-dimension kernel. Loads Hugging Face BERT checkpoints.
+//! is one fused pass with the padding mask (softmax.rs). Loads Hugging Face BERT checkpoints.
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};
@@ -132,8 +132,7 @@ impl BertLayer {
         let q = (qkv.get(0)? * scale)?;
         let k = qkv.get(1)?;
         let v = qkv.get(2)?;
-        let scores = q.matmul(&k.t()?)?.broadcast_add(mask_bias)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = crate::softmax::masked_softmax(&q.matmul(&k.t()?)?, mask_bias)?;
         let context = probs
             .matmul(&v)?
             .transpose(1, 2)?

@@ -12,6 +12,7 @@ mod bert;
 mod bert_model;
 mod gelu;
 mod pooling;
+mod softmax;
 mod tokenize;
 pub mod vectors_file;
 
