@@ -26,7 +26,8 @@ pub fn device(kind: DeviceKind) -> anyhow::Result<Device> {
     }
 }
 
-/// The configured encoder, pulling its model into the cache first if needed.
+/// The configured encoder (one shared model, or DPR's question and passage
+/// pair), pulling models into the cache first if needed.
 pub fn encoder(config: &Config) -> anyhow::Result<BertEncoder> {
     let store = ModelStore::from_config(config)?;
     let name = &config.models.encoder;
@@ -36,7 +37,17 @@ pub fn encoder(config: &Config) -> anyhow::Result<BertEncoder> {
         batch_size: config.encoder.batch_size,
         max_length: config.encoder.max_length,
     };
-    Ok(BertEncoder::load(name, &dir, &options)?)
+    let passage = &config.models.passage_encoder;
+    if passage.is_empty() || passage == name {
+        return Ok(BertEncoder::load(name, &dir, &options)?);
+    }
+    let passage_dir = store.ensure(passage)?;
+    Ok(BertEncoder::load_dual(
+        &format!("{name}+{passage}"),
+        &dir,
+        &passage_dir,
+        &options,
+    )?)
 }
 
 /// The passages of `paths`, files that fail reported on stderr; with

@@ -171,6 +171,38 @@ fn embed_writes_one_vector_per_passage_with_a_local_model_folder() {
 }
 
 #[test]
+fn embed_with_dpr_style_question_and_passage_encoders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let q = tmp.path().join("q-model");
+    let c = tmp.path().join("ctx-model");
+    write_tiny_bert(&q, TinyBertStyle::DprQuestion, 128);
+    write_tiny_bert(&c, TinyBertStyle::DprContext, 128);
+    std::fs::write(tmp.path().join("doc.txt"), "the moon and the sea .").unwrap();
+    let out = margin(
+        tmp.path(),
+        &[
+            "--set",
+            &format!("models.encoder={}", q.display()),
+            "--set",
+            &format!("models.passage_encoder={}", c.display()),
+            "embed",
+            "doc.txt",
+            "--out",
+            "v.safetensors",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let vectors = VectorsFile::read(&tmp.path().join("v.safetensors")).unwrap();
+    assert!(
+        vectors.model.contains('+'),
+        "both encoders are named: {}",
+        vectors.model
+    );
+    let norm: f32 = vectors.row(0).iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() > 1e-3, "DPR vectors are not normalised");
+}
+
+#[test]
 fn unknown_model_and_missing_paths_are_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let out = margin(tmp.path(), &["models", "pull", "gpt-17"]);

@@ -44,8 +44,10 @@ pub struct Config {
 pub struct ModelsConfig {
     /// Path of a catalogue file; empty for the built-in one.
     pub catalogue: PathBuf,
-    /// Encoder model name.
+    /// Encoder model name (questions, and passages unless `passage_encoder` is set).
     pub encoder: String,
+    /// Separate passage encoder (DPR style); empty to share `encoder`.
+    pub passage_encoder: String,
     /// Generator model name.
     pub generator: String,
     /// Source kinds in the order they are tried.

@@ -14,7 +14,7 @@ pub enum ModelsAction {
         #[arg(long)]
         json: bool,
     },
-    /// Fetch models into the cache (default: the configured encoder and generator).
+    /// Fetch models into the cache (default: the configured encoders and generator).
     Pull {
         /// Catalogue names.
         names: Vec<String>,
