@@ -1,0 +1,347 @@
+//! BM25 over passages with tantivy.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use margin_core::{OperationError, OperationResult, Passage};
+use tantivy::collector::TopDocs;
+use tantivy::query::QueryParser;
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, Value, STORED, STRING,
+};
+use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+/// Tantivy's built-in English analyser: simple tokens, lower case, Porter stemming.
+const ANALYZER: &str = "en_stem";
+
+/// Memory for the writer's indexing buffer, shared by its threads.
+const WRITER_MEMORY: usize = 64 * 1024 * 1024;
+
+/// One BM25 result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bm25Hit {
+    /// Passage id.
+    pub passage_id: String,
+    /// Id of the passage's document.
+    pub doc_id: String,
+    /// BM25 score (higher is better).
+    pub score: f32,
+}
+
+struct Fields {
+    passage_id: Field,
+    doc_id: Field,
+    title: Field,
+    text: Field,
+}
+
+/// A persistent BM25 index of passages (title and text, English stemming).
+pub struct Bm25Index {
+    index: Index,
+    reader: IndexReader,
+    writer: Mutex<IndexWriter>,
+    fields: Fields,
+}
+
+fn store_error(what: &str, e: impl std::fmt::Display) -> OperationError {
+    OperationError::bad_input(what, format!("BM25 index: {e}"))
+}
+
+impl Bm25Index {
+    /// Opens the index in `dir`, creating it when the folder is empty or missing.
+    pub fn open(dir: &Path) -> OperationResult<Bm25Index> {
+        std::fs::create_dir_all(dir).map_err(|e| OperationError::io(dir, e))?;
+        let what = dir.display().to_string();
+        let mut schema = Schema::builder();
+        let analysed = TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default()
+                .set_tokenizer(ANALYZER)
+                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        );
+        let fields = Fields {
+            passage_id: schema.add_text_field("passage_id", STRING | STORED),
+            doc_id: schema.add_text_field("doc_id", STRING | STORED),
+            title: schema.add_text_field("title", analysed.clone()),
+            text: schema.add_text_field("text", analysed),
+        };
+        let schema = schema.build();
+        let directory =
+            tantivy::directory::MmapDirectory::open(dir).map_err(|e| store_error(&what, e))?;
+        let index = Index::open_or_create(directory, schema).map_err(|e| store_error(&what, e))?;
+        let writer = index
+            .writer(WRITER_MEMORY)
+            .map_err(|e| store_error(&what, e))?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .map_err(|e| store_error(&what, e))?;
+        Ok(Bm25Index {
+            index,
+            reader,
+            writer: Mutex::new(writer),
+            fields,
+        })
+    }
+
+    /// Replaces the passages of each document in `documents` (doc id and its
+    /// passages) in one commit: after it returns, every listed document is
+    /// searchable in full, and none is ever seen half-replaced.
+    pub fn replace_documents<'a>(
+        &self,
+        documents: impl IntoIterator<Item = (&'a str, &'a [Passage])>,
+    ) -> OperationResult<()> {
+        let mut writer = self
+            .writer
+            .lock()
+            .expect("writer lock is never poisoned by a panic inside");
+        if let Err(e) = self.stage(&mut writer, documents) {
+            // Staged deletions and additions must not ride along with a later commit.
+            writer.rollback().map_err(|e| store_error("rollback", e))?;
+            return Err(e);
+        }
+        self.commit(&mut writer)
+    }
+
+    fn stage<'a>(
+        &self,
+        writer: &mut IndexWriter,
+        documents: impl IntoIterator<Item = (&'a str, &'a [Passage])>,
+    ) -> OperationResult<()> {
+        for (doc_id, passages) in documents {
+            writer.delete_term(Term::from_field_text(self.fields.doc_id, doc_id));
+            for p in passages {
+                if p.doc_id != doc_id {
+                    return Err(OperationError::bad_input(
+                        &p.id,
+                        format!("passage belongs to document `{}`, not `{doc_id}`", p.doc_id),
+                    ));
+                }
+                writer
+                    .add_document(doc!(
+                        self.fields.passage_id => p.id.as_str(),
+                        self.fields.doc_id => p.doc_id.as_str(),
+                        self.fields.title => p.title.as_str(),
+                        self.fields.text => p.text.as_str(),
+                    ))
+                    .map_err(|e| store_error(&p.id, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every passage of document `doc_id`.
+    pub fn delete_document(&self, doc_id: &str) -> OperationResult<()> {
+        let mut writer = self
+            .writer
+            .lock()
+            .expect("writer lock is never poisoned by a panic inside");
+        writer.delete_term(Term::from_field_text(self.fields.doc_id, doc_id));
+        self.commit(&mut writer)
+    }
+
+    fn commit(&self, writer: &mut IndexWriter) -> OperationResult<()> {
+        if let Err(e) = writer.commit() {
+            // Drop what was staged so the next commit cannot publish half of it.
+            let _ = writer.rollback();
+            return Err(store_error("commit", e));
+        }
+        self.reader.reload().map_err(|e| store_error("reload", e))
+    }
+
+    /// Number of passages searchable now.
+    pub fn num_passages(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    /// The `k` passages that best match `query` by BM25 over title and text.
+    /// Query syntax errors are forgiven (the words are still searched).
+    pub fn search(&self, query: &str, k: usize) -> OperationResult<Vec<Bm25Hit>> {
+        if query.trim().is_empty() {
+            return Err(OperationError::bad_input("query", "must not be empty"));
+        }
+        if k == 0 {
+            return Err(OperationError::bad_input("k", "must be at least 1"));
+        }
+        let searcher = self.reader.searcher();
+        let k = k.min(searcher.num_docs().max(1) as usize);
+        let parser = QueryParser::for_index(&self.index, vec![self.fields.title, self.fields.text]);
+        let (parsed, _errors) = parser.parse_query_lenient(query);
+        let top = searcher
+            .search(&parsed, &TopDocs::with_limit(k))
+            .map_err(|e| store_error("search", e))?;
+        top.into_iter()
+            .map(|(score, address)| {
+                let stored: TantivyDocument = searcher
+                    .doc(address)
+                    .map_err(|e| store_error("search", e))?;
+                let text = |field| {
+                    stored
+                        .get_first(field)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                Ok(Bm25Hit {
+                    passage_id: text(self.fields.passage_id),
+                    doc_id: text(self.fields.doc_id),
+                    score,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn passage(doc: &str, position: usize, title: &str, text: &str) -> Passage {
+        Passage {
+            id: Passage::make_id(doc, position),
+            doc_id: doc.into(),
+            title: title.into(),
+            text: text.into(),
+            source: format!("{doc}.txt"),
+            position,
+        }
+    }
+
+    fn corpus() -> Vec<(String, Vec<Passage>)> {
+        vec![
+            (
+                "tides".into(),
+                vec![
+                    passage(
+                        "tides",
+                        0,
+                        "Tides",
+                        "The Moon's gravity pulls the oceans, raising tides twice a day.",
+                    ),
+                    passage(
+                        "tides",
+                        1,
+                        "Tides",
+                        "Spring tides happen at full and new moon.",
+                    ),
+                ],
+            ),
+            (
+                "bees".into(),
+                vec![passage(
+                    "bees",
+                    0,
+                    "Honeybees",
+                    "Bees are dancing to show where flowers grow.",
+                )],
+            ),
+            (
+                "press".into(),
+                vec![passage(
+                    "press",
+                    0,
+                    "Printing press",
+                    "Gutenberg printed books with movable type.",
+                )],
+            ),
+        ]
+    }
+
+    fn index_corpus(index: &Bm25Index) {
+        let docs = corpus();
+        index
+            .replace_documents(docs.iter().map(|(d, p)| (d.as_str(), p.as_slice())))
+            .unwrap();
+    }
+
+    #[test]
+    fn finds_stemmed_words_in_titles_and_texts() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Bm25Index::open(dir.path()).unwrap();
+        index_corpus(&index);
+        assert_eq!(index.num_passages(), 4);
+        let hits = index.search("bee dance", 3).unwrap();
+        assert_eq!(hits[0].passage_id, "bees#0", "bee~Bees, dance~dancing");
+        let hits = index.search("printing", 3).unwrap();
+        assert_eq!(hits[0].doc_id, "press");
+        assert!(index.search("what pulls the ocean?", 2).unwrap()[0]
+            .passage_id
+            .starts_with("tides#"));
+    }
+
+    #[test]
+    fn replace_and_delete_work_per_document_and_persist() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let index = Bm25Index::open(dir.path()).unwrap();
+            index_corpus(&index);
+            let new_tides = [passage("tides", 0, "Tides", "Neap tides are the weakest.")];
+            index
+                .replace_documents([("tides", &new_tides[..])])
+                .unwrap();
+            assert_eq!(index.num_passages(), 3);
+            assert!(
+                index.search("spring", 5).unwrap().is_empty(),
+                "old passages are gone"
+            );
+            index.delete_document("bees").unwrap();
+            assert_eq!(index.num_passages(), 2);
+        }
+        let reopened = Bm25Index::open(dir.path()).unwrap();
+        assert_eq!(reopened.num_passages(), 2);
+        assert_eq!(reopened.search("neap", 5).unwrap()[0].passage_id, "tides#0");
+        assert!(reopened.search("bees", 5).unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_queries_are_clear_errors_and_odd_syntax_is_forgiven() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Bm25Index::open(dir.path()).unwrap();
+        index_corpus(&index);
+        assert!(index
+            .search("   ", 5)
+            .unwrap_err()
+            .to_string()
+            .contains("query"));
+        assert!(index
+            .search("tides", 0)
+            .unwrap_err()
+            .to_string()
+            .contains("k"));
+        assert_eq!(
+            index.search("tides", 1_000_000).unwrap().len(),
+            2,
+            "huge k is capped"
+        );
+        assert!(!index
+            .search("moon AND (tides OR \"unclosed", 5)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn a_passage_of_another_document_is_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Bm25Index::open(dir.path()).unwrap();
+        index_corpus(&index);
+        let wrong = [passage("bees", 0, "x", "intruder words")];
+        assert!(index.replace_documents([("tides", &wrong[..])]).is_err());
+        // A later, good commit must not carry the failed batch's deletion of `tides`.
+        let press = [passage(
+            "press",
+            0,
+            "Printing press",
+            "Presses print pages.",
+        )];
+        index.replace_documents([("press", &press[..])]).unwrap();
+        assert_eq!(index.num_passages(), 4);
+        drop(index);
+        let reopened = Bm25Index::open(dir.path()).unwrap();
+        assert_eq!(
+            reopened.num_passages(),
+            4,
+            "the failed batch did not reach the index"
+        );
+        assert!(reopened.search("intruder", 5).unwrap().is_empty());
+    }
+}
