@@ -233,17 +233,30 @@ impl Config {
             }
             builder = builder.add_source(File::from(path.as_path()).format(FileFormat::Toml));
         }
-        let mut env = Environment::with_prefix(ENV_PREFIX)
-            .prefix_separator("__")
-            .separator("__")
-            .try_parsing(true)
-            .list_separator(",")
-            .source(sources.env.clone());
+        // Environment values stay strings (serde converts numbers and booleans
+        // per field), so an API key like `0123` keeps its leading zero; list
+        // keys are split here, like their `--set` counterparts.
+        let mut env: HashMap<String, String> = match &sources.env {
+            Some(map) => map.clone(),
+            None => std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+                .collect(),
+        };
+        let mut list_overrides = Vec::new();
         for key in LIST_KEYS {
-            env = env.with_list_parse_key(key);
+            let var = format!("{ENV_PREFIX}__{}", key.replace('.', "__").to_uppercase());
+            if let Some(value) = env.remove(&var) {
+                list_overrides.push((key.to_string(), value));
+            }
         }
-        builder = builder.add_source(env);
-        for (key, value) in &sources.overrides {
+        builder = builder.add_source(
+            Environment::with_prefix(ENV_PREFIX)
+                .prefix_separator("__")
+                .separator("__")
+                .source(Some(env)),
+        );
+        for (key, value) in list_overrides.iter().chain(&sources.overrides) {
             builder = if LIST_KEYS.contains(&key.as_str()) {
                 let items: Vec<String> = value
                     .split(',')
@@ -265,6 +278,12 @@ impl Config {
     /// Checks values serde cannot: ranges and combinations.
     pub fn validate(&self) -> OperationResult<()> {
         self.chunking.validate()?;
+        if (1..4).contains(&self.encoder.max_length) {
+            return Err(OperationError::bad_config(
+                "encoder.max_length",
+                "must be 0 (the model's own maximum) or at least 4: [CLS], [SEP] and a title/text pair's [SEP] take 3",
+            ));
+        }
         if self.encoder.batch_size == 0 {
             return Err(OperationError::bad_config(
                 "encoder.batch_size",
@@ -510,6 +529,25 @@ mod tests {
         assert_eq!(
             config.models.sources,
             vec![SourceKind::Hub, SourceKind::Local]
+        );
+    }
+
+    #[test]
+    fn env_strings_are_kept_verbatim() {
+        let config = Config::load(&ConfigSources {
+            env: env(&[
+                ("MARGIN__QDRANT__API_KEY", "0123"),
+                ("MARGIN__MODELS__PYTHON", "1e5"),
+                ("MARGIN__MODELS__SOURCES", "pip, hub"),
+            ]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(config.qdrant.api_key.expose(), "0123");
+        assert_eq!(config.models.python, "1e5");
+        assert_eq!(
+            config.models.sources,
+            vec![SourceKind::Pip, SourceKind::Hub]
         );
     }
 

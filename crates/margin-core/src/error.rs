@@ -13,12 +13,12 @@ pub enum OperationError {
     #[error("configuration key `{key}`: {message}")]
     BadConfig { key: String, message: String },
 
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    /// A file could not be read or written. The I/O error is part of the
+    /// message rather than a `source`, so that reports do not print it twice.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     /// Input given by the user (a file, a request) cannot be used.
@@ -68,7 +68,7 @@ impl OperationError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Self::Io {
             path: path.into(),
-            source,
+            error: source,
         }
     }
 

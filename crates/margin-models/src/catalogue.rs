@@ -158,32 +158,39 @@ impl Catalogue {
 
     fn validate(&self, origin: &str) -> OperationResult<()> {
         let mut seen = std::collections::HashSet::new();
+        let bad = |model: &str, message: String| {
+            OperationError::bad_input(origin, format!("model `{model}`: {message}"))
+        };
         for model in &self.models {
-            if !seen.insert(model.name.as_str()) {
-                return Err(OperationError::bad_input(
-                    origin,
-                    format!("model `{}` is listed twice", model.name),
+            if !is_plain_name(&model.name) {
+                return Err(bad(
+                    &model.name,
+                    "names use letters, digits, `.`, `_` and `-`, and do not start with `.`".into(),
                 ));
+            }
+            if !seen.insert(model.name.as_str()) {
+                return Err(bad(&model.name, "listed twice".into()));
             }
             for file in &model.files {
                 let hex_ok = file.sha256.is_empty()
                     || (file.sha256.len() == 64
                         && file.sha256.bytes().all(|b| b.is_ascii_hexdigit()));
                 if !hex_ok {
-                    return Err(OperationError::bad_input(
-                        origin,
-                        format!(
-                            "model `{}`, file `{}`: sha256 must be 64 hex digits",
-                            model.name, file.name
-                        ),
+                    return Err(bad(
+                        &model.name,
+                        format!("file `{}`: sha256 must be 64 hex digits", file.name),
                     ));
                 }
-                if file.name.contains("..") || file.name.starts_with('/') {
-                    return Err(OperationError::bad_input(
-                        origin,
+                // Hidden names are margin's own (staging, wheels, hub cache),
+                // and the manifest name is taken.
+                let inside =
+                    file.name.split('/').all(is_plain_name) && file.name != crate::store::MANIFEST;
+                if !inside {
+                    return Err(bad(
+                        &model.name,
                         format!(
-                            "model `{}`: file name `{}` must stay inside the model directory",
-                            model.name, file.name
+                            "file name `{}` must be a plain relative path inside the model folder",
+                            file.name
                         ),
                     ));
                 }
@@ -191,6 +198,16 @@ impl Catalogue {
         }
         Ok(())
     }
+}
+
+/// A file or folder name margin may create: letters, digits, `.`, `_`, `-`,
+/// not empty and not starting with `.`.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 #[cfg(test)]
@@ -253,12 +270,25 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("64 hex"));
-        let escaping = bad_hash
-            .replace("\"xyz\"", "\"\"")
-            .replace("a.gguf", "../a.gguf");
-        assert!(Catalogue::parse(&escaping, "t")
-            .unwrap_err()
-            .to_string()
-            .contains("inside the model directory"));
+        let no_hash = bad_hash.replace("\"xyz\"", "\"\"");
+        assert!(Catalogue::parse(&no_hash, "t").is_ok());
+        for file in [
+            "../a.gguf",
+            ".wheels/a.gguf",
+            "margin-manifest.json",
+            "a//b",
+            "/abs",
+        ] {
+            let escaping = no_hash.replace("a.gguf", file);
+            let err = Catalogue::parse(&escaping, "t").unwrap_err().to_string();
+            assert!(err.contains("inside the model folder"), "{file}: {err}");
+        }
+        for name in ["", "../x", ".hidden", "a/b"] {
+            let named = no_hash.replace("name = \"m\"", &format!("name = \"{name}\""));
+            assert!(
+                Catalogue::parse(&named, "t").is_err(),
+                "{name:?} is refused"
+            );
+        }
     }
 }

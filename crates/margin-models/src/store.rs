@@ -167,6 +167,11 @@ impl ModelStore {
 
     /// Fetches model `name` from the first source that works, verifies every
     /// file, and only then replaces what the cache held.
+    ///
+    /// Pulls of one model are serialised across threads and processes by a
+    /// lock file; what crashed pulls left behind is cleared first. With
+    /// `force`, hashes pinned at the first download (files the catalogue does
+    /// not pin) are still enforced: remove the model folder to pin anew.
     pub fn pull(&self, name: &str, force: bool) -> OperationResult<PullOutcome> {
         let entry = self.catalogue.get(name)?.clone();
         let dir = self.model_dir(name);
@@ -174,21 +179,39 @@ impl ModelStore {
             return Ok(PullOutcome::AlreadyPresent { dir });
         }
         std::fs::create_dir_all(&self.root).map_err(|e| OperationError::io(&self.root, e))?;
+        let lock_path = self.root.join(format!(".lock{SEP}{name}"));
+        let lock =
+            std::fs::File::create(&lock_path).map_err(|e| OperationError::io(&lock_path, e))?;
+        lock.lock().map_err(|e| OperationError::io(&lock_path, e))?;
+        // Another pull may have finished while this one waited for the lock.
+        if !force && matches!(self.status(name)?, ModelStatus::Present { .. }) {
+            return Ok(PullOutcome::AlreadyPresent { dir });
+        }
+        self.clear_leftovers(name)?;
+        let earlier_pins: Vec<ManifestFile> = self
+            .manifest(name)
+            .ok()
+            .flatten()
+            .map(|m| m.files)
+            .unwrap_or_default();
 
         let mut failures = Vec::new();
         for kind in &self.source_order {
             for (label, attempt) in self.candidates(&entry, *kind) {
                 let staging = self
                     .root
-                    .join(format!(".staging-{name}-{}", std::process::id()));
-                remove_if_exists(&staging)?;
+                    .join(format!(".staging{SEP}{name}{SEP}{}", unique_suffix()));
                 std::fs::create_dir_all(&staging).map_err(|e| OperationError::io(&staging, e))?;
                 tracing::info!(model = name, source = %label, "fetching");
-                let result = attempt(self, &staging)
-                    .and_then(|fetched| self.check_and_finish(&entry, &label, fetched, &staging));
+                let result = attempt(self, &staging).and_then(|fetched| {
+                    self.check_and_finish(&entry, &label, fetched, &earlier_pins, &staging)
+                });
                 match result {
                     Ok((manifest, pinned_now)) => {
-                        publish(&staging, &dir)?;
+                        if let Err(e) = publish(&staging, &dir) {
+                            let _ = remove_if_exists(&staging);
+                            return Err(e);
+                        }
                         tracing::info!(model = name, source = %manifest.source, "model ready");
                         return Ok(PullOutcome::Fetched {
                             dir,
@@ -308,6 +331,7 @@ impl ModelStore {
         entry: &ModelEntry,
         label: &str,
         fetched: Fetched,
+        earlier_pins: &[ManifestFile],
         staging: &Path,
     ) -> Result<(Manifest, Vec<String>), SourceFailure> {
         let mut files = Vec::new();
@@ -317,18 +341,34 @@ impl ModelStore {
                 message: format!("source did not provide `{}`", spec.name),
                 hint: "the source does not match the catalogue".into(),
             })?;
-            if spec.sha256.is_empty() {
-                tracing::warn!(model = %entry.name, file = %spec.name, sha256 = %actual, "no hash in the catalogue; pinning the downloaded one");
-                pinned_now.push(spec.name.clone());
-            } else if !spec.sha256.eq_ignore_ascii_case(actual) {
+            let earlier = earlier_pins
+                .iter()
+                .find(|f| f.name == spec.name)
+                .map(|f| f.sha256.as_str());
+            let (expected, hint) = match (spec.sha256.as_str(), earlier) {
+                ("", None) => {
+                    tracing::warn!(model = %entry.name, file = %spec.name, sha256 = %actual, "no hash in the catalogue; pinning the downloaded one");
+                    pinned_now.push(spec.name.clone());
+                    ("", "")
+                }
+                ("", Some(pinned)) => (
+                    pinned,
+                    "the source now serves other bytes than at the first download, whose hash was pinned; to accept them, remove the model folder and pull again",
+                ),
+                (catalogue, _) => (
+                    catalogue,
+                    "the source serves different bytes than the catalogue pins; the cache was left as it was",
+                ),
+            };
+            if !expected.is_empty() && !expected.eq_ignore_ascii_case(actual) {
                 return Err(SourceFailure {
                     message: OperationError::ChecksumMismatch {
                         path: self.model_dir(&entry.name).join(&spec.name),
-                        expected: spec.sha256.clone(),
+                        expected: expected.to_string(),
                         actual: actual.clone(),
                     }
                     .to_string(),
-                    hint: "the source serves different bytes than the catalogue pins; the cache was left as it was".into(),
+                    hint: hint.into(),
                 });
             }
             files.push(ManifestFile {
@@ -415,19 +455,68 @@ fn derive_tokenizer(staging: &Path, gguf: &str) -> Result<ManifestFile, SourceFa
     })
 }
 
-/// Moves a verified staging folder into place; the old copy, if any, is only
-/// removed once the new one is there.
+/// Separates parts of margin's own names in the models folder; catalogue
+/// names cannot contain it, so one model's leftovers never match another's.
+const SEP: char = '~';
+
+/// A name part no other pull, in this process or another, will use.
+fn unique_suffix() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}-{n}-{nanos}", std::process::id())
+}
+
+impl ModelStore {
+    /// Removes staging and replaced folders of model `name` that an
+    /// interrupted pull left behind (the caller holds the model's lock).
+    fn clear_leftovers(&self, name: &str) -> OperationResult<()> {
+        let entries =
+            std::fs::read_dir(&self.root).map_err(|e| OperationError::io(&self.root, e))?;
+        for entry in entries.flatten() {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            let ours = [
+                format!(".staging{SEP}{name}{SEP}"),
+                format!(".old{SEP}{name}{SEP}"),
+            ]
+            .iter()
+            .any(|prefix| file_name.starts_with(prefix.as_str()));
+            if ours {
+                tracing::info!(path = %entry.path().display(), "removing what an interrupted pull left");
+                remove_if_exists(&entry.path())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Moves a verified staging folder into place. The old copy, if any, is moved
+/// aside first and only removed once the new one is there; if the new one
+/// cannot be moved in, the old one is put back.
 fn publish(staging: &Path, dir: &Path) -> OperationResult<()> {
-    let old = dir.with_file_name(format!(
-        ".old-{}-{}",
-        dir.file_name().and_then(|n| n.to_str()).unwrap_or("model"),
-        std::process::id()
-    ));
-    if dir.exists() {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("model");
+    let old = dir.with_file_name(format!(".old{SEP}{name}{SEP}{}", unique_suffix()));
+    let had_old = dir.exists();
+    if had_old {
         std::fs::rename(dir, &old).map_err(|e| OperationError::io(dir, e))?;
     }
-    std::fs::rename(staging, dir).map_err(|e| OperationError::io(dir, e))?;
-    remove_if_exists(&old)
+    if let Err(e) = std::fs::rename(staging, dir) {
+        if had_old {
+            if let Err(back) = std::fs::rename(&old, dir) {
+                tracing::error!(old = %old.display(), error = %back, "could not restore the previous copy");
+            }
+        }
+        return Err(OperationError::io(dir, e));
+    }
+    if had_old {
+        if let Err(e) = remove_if_exists(&old) {
+            // The new copy is in place; a leftover is cleared by the next pull.
+            tracing::warn!(old = %old.display(), error = %e, "could not remove the previous copy");
+        }
+    }
+    Ok(())
 }
 
 fn remove_if_exists(path: &Path) -> OperationResult<()> {

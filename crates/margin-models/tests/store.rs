@@ -121,7 +121,7 @@ fn hash_mismatch_is_rejected_and_the_cached_copy_survives() {
     let leftovers: Vec<_> = std::fs::read_dir(f.data.join("models"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.starts_with('.'))
+        .filter(|n| n.starts_with(".staging") || n.starts_with(".old"))
         .collect();
     assert!(
         leftovers.is_empty(),
@@ -227,4 +227,73 @@ fn gguf_models_get_a_tokenizer_derived_from_metadata() {
         2,
         "the derived file is verified too"
     );
+}
+
+#[test]
+fn forced_pull_keeps_the_hash_pinned_at_first_download() {
+    let f = fixture(&catalogue_entry("m", &[("w.bin", "")]));
+    write_local(&f, "m", "w.bin", b"first");
+    let store = store(&f);
+    store.pull("m", false).unwrap();
+    write_local(&f, "m", "w.bin", b"swapped upstream");
+    let err = store.pull("m", true).unwrap_err().to_string();
+    assert!(
+        err.contains("SHA-256 mismatch") && err.contains("first download"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(store.resolve("m").unwrap().join("w.bin")).unwrap(),
+        b"first"
+    );
+    // Removing the model is how a new pin is accepted.
+    std::fs::remove_dir_all(store.model_dir("m")).unwrap();
+    store.pull("m", false).unwrap();
+    assert_eq!(
+        std::fs::read(store.resolve("m").unwrap().join("w.bin")).unwrap(),
+        b"swapped upstream"
+    );
+}
+
+#[test]
+fn leftovers_of_interrupted_pulls_are_cleared_and_only_ours() {
+    let good = common::sha256_of(b"v1");
+    let f = fixture(&catalogue_entry("m", &[("w.bin", &good)]));
+    write_local(&f, "m", "w.bin", b"v1");
+    let models = f.data.join("models");
+    for leftover in [".staging~m~1-0-0", ".old~m~2-0-0", ".staging~m-2~3-0-0"] {
+        std::fs::create_dir_all(models.join(leftover)).unwrap();
+    }
+    let store = store(&f);
+    store.pull("m", false).unwrap();
+    assert!(!models.join(".staging~m~1-0-0").exists());
+    assert!(!models.join(".old~m~2-0-0").exists());
+    assert!(
+        models.join(".staging~m-2~3-0-0").exists(),
+        "another model's folder is not touched"
+    );
+    store.verify("m").unwrap();
+}
+
+#[test]
+fn concurrent_pulls_of_one_model_both_succeed() {
+    let good = common::sha256_of(b"weights");
+    let f = fixture(&catalogue_entry("m", &[("w.bin", &good)]));
+    write_local(&f, "m", "w.bin", b"weights");
+    let store = store(&f);
+    let outcomes: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| store.pull("m", false)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let fetched = outcomes
+        .iter()
+        .filter(|o| matches!(o, Ok(PullOutcome::Fetched { .. })))
+        .count();
+    assert!(outcomes.iter().all(|o| o.is_ok()), "{outcomes:?}");
+    assert_eq!(
+        fetched, 1,
+        "the lock lets one pull fetch; the others find it present"
+    );
+    store.verify("m").unwrap();
 }
