@@ -11,7 +11,7 @@ use margin_core::config::DeviceKind;
 use margin_core::{Config, Passage};
 use margin_encoder::{BertEncoder, BertEncoderOptions};
 use margin_ingest::{ingest_paths, Chunker, FileOutcome};
-use margin_models::ModelStore;
+use margin_models::{ModelStore, Role};
 
 /// The compute device the configuration names.
 pub fn device(kind: DeviceKind) -> anyhow::Result<Device> {
@@ -39,6 +39,13 @@ pub fn encoder(config: &Config) -> anyhow::Result<BertEncoder> {
     };
     let passage = &config.models.passage_encoder;
     if passage.is_empty() || passage == name {
+        // A DPR question encoder alone would encode passages with the wrong model.
+        if let Ok(entry) = store.catalogue().get(name) {
+            anyhow::ensure!(
+                entry.roles.contains(&Role::PassageEncoder),
+                "models.encoder = \"{name}\" encodes questions only; set models.passage_encoder too (e.g. dpr-ctx-encoder-nq)"
+            );
+        }
         return Ok(BertEncoder::load(name, &dir, &options)?);
     }
     let passage_dir = store.ensure(passage)?;

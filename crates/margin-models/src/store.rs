@@ -52,6 +52,11 @@ pub enum ModelStatus {
         /// Source description from the manifest.
         source: String,
     },
+    /// The folder is there but its manifest cannot be read; pull with `--force`.
+    Damaged {
+        /// What is wrong.
+        error: String,
+    },
 }
 
 /// What `pull` did.
@@ -126,13 +131,16 @@ impl ModelStore {
     }
 
     /// Whether model `name` is in the cache.
-    pub fn status(&self, name: &str) -> OperationResult<ModelStatus> {
-        Ok(match self.manifest(name)? {
-            Some(manifest) => ModelStatus::Present {
+    pub fn status(&self, name: &str) -> ModelStatus {
+        match self.manifest(name) {
+            Ok(Some(manifest)) => ModelStatus::Present {
                 source: manifest.source,
             },
-            None => ModelStatus::Missing,
-        })
+            Ok(None) => ModelStatus::Missing,
+            Err(e) => ModelStatus::Damaged {
+                error: e.to_string(),
+            },
+        }
     }
 
     /// Folder holding the model: `name_or_path` itself when it is a folder
@@ -142,13 +150,25 @@ impl ModelStore {
         if as_path.is_dir() {
             return Ok(as_path.to_path_buf());
         }
+        if name_or_path.contains('/') || name_or_path.starts_with('.') {
+            return Err(OperationError::ModelUnavailable {
+                model: name_or_path.to_string(),
+                message: "no such folder".into(),
+                hint: "give the path of a folder holding the model, or a catalogue name (`margin models list`)".into(),
+            });
+        }
         self.catalogue.get(name_or_path)?;
-        match self.status(name_or_path)? {
+        match self.status(name_or_path) {
             ModelStatus::Present { .. } => Ok(self.model_dir(name_or_path)),
             ModelStatus::Missing => Err(OperationError::ModelUnavailable {
                 model: name_or_path.to_string(),
                 message: "not in the model cache".into(),
                 hint: format!("run `margin models pull {name_or_path}`"),
+            }),
+            ModelStatus::Damaged { error } => Err(OperationError::ModelUnavailable {
+                model: name_or_path.to_string(),
+                message: error,
+                hint: format!("run `margin models pull {name_or_path} --force`"),
             }),
         }
     }
@@ -158,9 +178,15 @@ impl ModelStore {
         if Path::new(name_or_path).is_dir() {
             return Ok(PathBuf::from(name_or_path));
         }
-        if self.status(name_or_path)? == ModelStatus::Missing {
-            tracing::info!(model = name_or_path, "model not in the cache; pulling it");
-            self.pull(name_or_path, false)?;
+        match self.status(name_or_path) {
+            ModelStatus::Present { .. } => {}
+            status => {
+                tracing::info!(
+                    model = name_or_path,
+                    "model not usable from the cache; pulling it"
+                );
+                self.pull(name_or_path, matches!(status, ModelStatus::Damaged { .. }))?;
+            }
         }
         self.resolve(name_or_path)
     }
@@ -175,7 +201,7 @@ impl ModelStore {
     pub fn pull(&self, name: &str, force: bool) -> OperationResult<PullOutcome> {
         let entry = self.catalogue.get(name)?.clone();
         let dir = self.model_dir(name);
-        if !force && matches!(self.status(name)?, ModelStatus::Present { .. }) {
+        if !force && matches!(self.status(name), ModelStatus::Present { .. }) {
             return Ok(PullOutcome::AlreadyPresent { dir });
         }
         std::fs::create_dir_all(&self.root).map_err(|e| OperationError::io(&self.root, e))?;
@@ -184,7 +210,7 @@ impl ModelStore {
             std::fs::File::create(&lock_path).map_err(|e| OperationError::io(&lock_path, e))?;
         lock.lock().map_err(|e| OperationError::io(&lock_path, e))?;
         // Another pull may have finished while this one waited for the lock.
-        if !force && matches!(self.status(name)?, ModelStatus::Present { .. }) {
+        if !force && matches!(self.status(name), ModelStatus::Present { .. }) {
             return Ok(PullOutcome::AlreadyPresent { dir });
         }
         self.clear_leftovers(name)?;

@@ -68,7 +68,7 @@ fn pull_from_local_then_verify_and_detect_tampering() {
     write_local(&f, "m", "sub/w.bin", b"weights");
     let store = store(&f);
 
-    assert_eq!(store.status("m").unwrap(), ModelStatus::Missing);
+    assert_eq!(store.status("m"), ModelStatus::Missing);
     assert!(store
         .resolve("m")
         .unwrap_err()
@@ -296,4 +296,31 @@ fn concurrent_pulls_of_one_model_both_succeed() {
         "the lock lets one pull fetch; the others find it present"
     );
     store.verify("m").unwrap();
+}
+
+#[test]
+fn a_damaged_manifest_is_reported_and_repaired_by_ensure() {
+    let good = common::sha256_of(b"v1");
+    let f = fixture(&catalogue_entry("m", &[("w.bin", &good)]));
+    write_local(&f, "m", "w.bin", b"v1");
+    let store = store(&f);
+    store.pull("m", false).unwrap();
+    std::fs::write(
+        store.model_dir("m").join("margin-manifest.json"),
+        "{ not json",
+    )
+    .unwrap();
+    assert!(matches!(store.status("m"), ModelStatus::Damaged { .. }));
+    assert!(store
+        .resolve("m")
+        .unwrap_err()
+        .to_string()
+        .contains("--force"));
+    store.ensure("m").unwrap();
+    assert!(matches!(store.status("m"), ModelStatus::Present { .. }));
+    assert!(store
+        .resolve("no/such/folder")
+        .unwrap_err()
+        .to_string()
+        .contains("no such folder"));
 }

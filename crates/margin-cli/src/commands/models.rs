@@ -65,7 +65,7 @@ pub fn run(config: &Config, action: ModelsAction) -> anyhow::Result<()> {
                             .collect::<Result<Vec<_>, _>>()?
                             .join(","),
                         sources: m.sources.iter().map(|s| s.describe()).collect(),
-                        status: store.status(&m.name)?,
+                        status: store.status(&m.name),
                         description: &m.description,
                     })
                 })
@@ -81,6 +81,7 @@ pub fn run(config: &Config, action: ModelsAction) -> anyhow::Result<()> {
                     let cached = match row.status {
                         ModelStatus::Present { .. } => "yes",
                         ModelStatus::Missing => "no",
+                        ModelStatus::Damaged { .. } => "DAMAGED",
                     };
                     println!(
                         "{:<26} {:<8} {:<34} {:<10} {}",
@@ -147,12 +148,16 @@ pub fn run(config: &Config, action: ModelsAction) -> anyhow::Result<()> {
                     .catalogue()
                     .models
                     .iter()
-                    .filter(|m| matches!(store.status(&m.name), Ok(ModelStatus::Present { .. })))
+                    // A damaged manifest is an error, so it is verified (and fails) too.
+                    .filter(|m| store.status(&m.name) != ModelStatus::Missing)
                     .map(|m| m.name.clone())
                     .collect()
             } else {
                 names
             };
+            if names.is_empty() {
+                println!("no models in the cache ({})", config.models_dir().display());
+            }
             let mut failed = Vec::new();
             for name in &names {
                 match store.verify(name) {
