@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use margin_core::config::DeviceKind;
 use margin_core::{Config, Passage};
 use margin_encoder::{BertEncoder, BertEncoderOptions};
-use margin_ingest::{ingest_paths, Chunker, FileOutcome};
+use margin_ingest::{ingest_paths, Chunker, FileOutcome, IngestReport};
 use margin_models::{ModelStore, Role};
 
 /// The compute device the configuration names.
@@ -57,20 +57,29 @@ pub fn encoder(config: &Config) -> anyhow::Result<BertEncoder> {
     )?)
 }
 
-/// The passages of `paths`, files that fail reported on stderr; with
-/// `strict`, any failed file is an error.
-pub fn passages(config: &Config, paths: &[PathBuf], strict: bool) -> anyhow::Result<Vec<Passage>> {
-    let chunker = Chunker::new(config.chunking)?;
-    let report = ingest_paths(paths, &chunker);
+/// Reads and splits `paths` as the configuration says.
+pub fn ingest(config: &Config, paths: &[PathBuf]) -> anyhow::Result<IngestReport> {
+    Ok(ingest_paths(paths, &Chunker::new(config.chunking)?))
+}
+
+/// The passages of `paths` and how many files failed, each failure reported
+/// on stderr; with `strict`, any failed file is an error.
+pub fn passages(
+    config: &Config,
+    paths: &[PathBuf],
+    strict: bool,
+) -> anyhow::Result<(Vec<Passage>, usize)> {
+    let report = ingest(config, paths)?;
     for file in &report.files {
         if let FileOutcome::Failed { error } = &file.outcome {
             eprintln!("FAILED: {error}");
         }
     }
-    if strict && report.totals.files_failed > 0 {
-        anyhow::bail!("{} file(s) could not be read", report.totals.files_failed);
+    let failed = report.totals.files_failed;
+    if strict && failed > 0 {
+        anyhow::bail!("{failed} file(s) could not be read");
     }
-    Ok(report.passages)
+    Ok((report.passages, failed))
 }
 
 /// A spinner for waits of unknown length.

@@ -210,6 +210,21 @@ impl LoadedBert {
             .map_err(|e| OperationError::io(&config_path, e))?;
         let config: BertConfig = serde_json::from_str(&config_text)
             .map_err(|e| fail(format!("config.json is not a BERT configuration: {e}")))?;
+        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+            return Err(fail(format!(
+                "config.json: hidden_size {} is not a multiple of num_attention_heads {}",
+                config.hidden_size, config.num_attention_heads
+            )));
+        }
+        let projection = serde_json::from_str::<serde_json::Value>(&config_text)
+            .ok()
+            .and_then(|v| v.get("projection_dim").and_then(|p| p.as_u64()))
+            .unwrap_or(0);
+        if projection > 0 {
+            return Err(fail(format!(
+                "config.json: DPR projection_dim {projection} is not supported"
+            )));
+        }
 
         let vb = weights(dir, &options.device).map_err(fail)?;
         // DPR checkpoints nest BERT under `question_encoder.bert_model` or `ctx_encoder.bert_model`.
@@ -273,7 +288,8 @@ fn weights(dir: &Path, device: &Device) -> Result<VarBuilder<'static>, String> {
     let safetensors = dir.join("model.safetensors");
     if safetensors.is_file() {
         // SAFETY: the cache never rewrites a published file in place (pulls
-        // publish a new folder), so the mapping stays valid while in use.
+        // publish a new folder), so the mapping stays valid while in use. A
+        // folder given by path must likewise not be rewritten while margin runs.
         return unsafe { VarBuilder::from_mmaped_safetensors(&[&safetensors], DType::F32, device) }
             .map_err(|e| format!("model.safetensors: {e}"));
     }

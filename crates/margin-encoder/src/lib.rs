@@ -17,7 +17,6 @@ mod tokenize;
 pub mod vectors_file;
 
 pub use bert::{BertEncoder, BertEncoderOptions};
-pub use pooling::Pooling;
 pub use vectors_file::VectorsFile;
 
 use margin_core::OperationResult;

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 /// How token vectors are pooled into one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pooling {
+pub(crate) enum Pooling {
     /// The first token's vector (DPR, plain BERT).
     Cls,
     /// The mean of the unmasked tokens' vectors (sentence-transformers).
@@ -61,6 +61,18 @@ impl PoolingSpec {
         let pooling = match pooling_dir {
             Some(pooling_dir) => {
                 let config: PoolingConfig = read_json(&pooling_dir.join("config.json"))?;
+                let enabled = [
+                    config.pooling_mode_cls_token,
+                    config.pooling_mode_mean_tokens,
+                    config.pooling_mode_max_tokens,
+                ];
+                if enabled.iter().filter(|&&on| on).count() > 1 {
+                    // sentence-transformers would concatenate them: a different vector size.
+                    return Err(format!(
+                        "{}: several pooling modes at once are not supported",
+                        pooling_dir.join("config.json").display()
+                    ));
+                }
                 if config.pooling_mode_mean_tokens {
                     Pooling::Mean
                 } else if config.pooling_mode_cls_token {

@@ -117,6 +117,16 @@ fn dpr_layout_uses_two_models_cls_pooling_and_title_text_pairs() {
         max_abs_diff(&p[0], &with_title[0]) > 1e-4,
         "the title is part of the input"
     );
+    let joined = encoder
+        .encode_passages(&[PassageText {
+            title: "",
+            text: "sea: the moon",
+        }])
+        .unwrap();
+    assert!(
+        max_abs_diff(&with_title[0], &joined[0]) > 1e-4,
+        "DPR passages are the pair (title, text), not one joined string"
+    );
     let norm: f32 = q[0].iter().map(|x| x * x).sum::<f32>().sqrt();
     assert!(
         (norm - 1.0).abs() > 1e-3,

@@ -2,7 +2,9 @@
 //!
 //! GGUF files carry their vocabulary (`tokenizer.ggml.*`) but no
 //! `tokenizer.json`. Two vocabulary kinds matter here:
-//! - `gpt2`: byte-level BPE with explicit merges (SmolLM2, Qwen, Llama 3);
+//! - `gpt2`: byte-level BPE with explicit merges (SmolLM2; the GPT-2 split,
+//!   with or without SmolLM2's digit isolation; other pre-tokenizers, such as
+//!   Llama 3's or Qwen's, are refused rather than approximated);
 //! - `llama`: SentencePiece with per-token scores and byte fallback (Gemma,
 //!   Llama 2). SentencePiece's BPE merges the adjacent pair whose union has the
 //!   highest score, so the merges are derived from the scores.
@@ -240,10 +242,14 @@ fn byte_level_bpe(vocab: &GgufVocab) -> Result<Tokenizer, String> {
     let mut tokenizer = Tokenizer::new(bpe);
     let byte_level = ByteLevel::new(false, true, true);
     // llama.cpp's `smollm` pre-tokenizer isolates every digit before the GPT-2 split.
-    let pre: PreTokenizerWrapper = if vocab.pre == "smollm" {
-        PreTokenizerSequence::new(vec![Digits::new(true).into(), byte_level.into()]).into()
-    } else {
-        byte_level.into()
+    let pre: PreTokenizerWrapper = match vocab.pre.as_str() {
+        "smollm" => PreTokenizerSequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+        "gpt2" | "default" => byte_level.into(),
+        other => {
+            return Err(format!(
+                "pre-tokenizer `{other}` is not supported yet (supported: smollm, gpt2, default); a tokenizer.json from the model's authors can be put beside the GGUF file"
+            ))
+        }
     };
     tokenizer.with_pre_tokenizer(Some(pre));
     tokenizer.with_decoder(Some(ByteLevel::new(false, true, true)));
@@ -412,6 +418,15 @@ mod tests {
         );
         let bytes = tokenizer.encode("é", false).unwrap();
         assert_eq!(bytes.get_tokens(), &["<0xC3>", "<0xA9>"]);
+    }
+
+    #[test]
+    fn unknown_pre_tokenizer_is_refused() {
+        let vocab = GgufVocab {
+            pre: "llama-bpe".into(),
+            ..byte_level_vocab()
+        };
+        assert!(build_tokenizer(&vocab).unwrap_err().contains("llama-bpe"));
     }
 
     #[test]

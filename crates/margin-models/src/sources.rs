@@ -185,9 +185,11 @@ pub(crate) fn fetch_hub(
     settings: &HubSettings<'_>,
     staging: &Path,
 ) -> Result<Fetched, SourceFailure> {
-    if std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1") {
+    let offline = std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| ["1", "true", "yes", "on"].contains(&v.to_ascii_lowercase().as_str()));
+    if offline {
         return Err(SourceFailure::new(
-            "HF_HUB_OFFLINE=1 forbids hub downloads",
+            "HF_HUB_OFFLINE forbids hub downloads",
             "unset HF_HUB_OFFLINE, or use a local or pip source",
         ));
     }

@@ -91,10 +91,7 @@ impl Bm25Index {
         &self,
         documents: impl IntoIterator<Item = (&'a str, &'a [Passage])>,
     ) -> OperationResult<()> {
-        let mut writer = self
-            .writer
-            .lock()
-            .expect("writer lock is never poisoned by a panic inside");
+        let mut writer = self.lock_writer();
         if let Err(e) = self.stage(&mut writer, documents) {
             // Staged deletions and additions must not ride along with a later commit.
             writer.rollback().map_err(|e| store_error("rollback", e))?;
@@ -132,21 +129,36 @@ impl Bm25Index {
 
     /// Removes every passage of document `doc_id`.
     pub fn delete_document(&self, doc_id: &str) -> OperationResult<()> {
-        let mut writer = self
-            .writer
-            .lock()
-            .expect("writer lock is never poisoned by a panic inside");
+        let mut writer = self.lock_writer();
         writer.delete_term(Term::from_field_text(self.fields.doc_id, doc_id));
         self.commit(&mut writer)
+    }
+
+    /// The writer, also after a panic elsewhere held its lock: every write
+    /// path either commits or rolls back, so its state is never half-staged.
+    fn lock_writer(&self) -> std::sync::MutexGuard<'_, IndexWriter> {
+        self.writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn commit(&self, writer: &mut IndexWriter) -> OperationResult<()> {
         if let Err(e) = writer.commit() {
             // Drop what was staged so the next commit cannot publish half of it.
-            let _ = writer.rollback();
-            return Err(store_error("commit", e));
+            return Err(match writer.rollback() {
+                Ok(_) => store_error("commit", e),
+                Err(rollback) => store_error(
+                    "commit",
+                    format!("{e}; rolling back failed too ({rollback}): reopen the index"),
+                ),
+            });
         }
-        self.reader.reload().map_err(|e| store_error("reload", e))
+        self.reader.reload().map_err(|e| {
+            store_error(
+                "reload",
+                format!("committed, but the searcher could not be refreshed: {e}"),
+            )
+        })
     }
 
     /// Number of passages searchable now.

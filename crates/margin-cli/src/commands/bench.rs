@@ -50,7 +50,8 @@ pub fn run(config: &Config, action: BenchAction) -> anyhow::Result<()> {
 }
 
 fn encode(config: &Config, args: EncodeBench) -> anyhow::Result<()> {
-    let mut passages = crate::wiring::passages(config, std::slice::from_ref(&args.corpus), true)?;
+    let (mut passages, _) =
+        crate::wiring::passages(config, std::slice::from_ref(&args.corpus), true)?;
     passages.truncate(args.passages);
     anyhow::ensure!(
         !passages.is_empty(),

@@ -21,9 +21,9 @@ pub struct EmbedArgs {
     pub limit: Option<usize>,
 }
 
-/// Runs `margin embed`.
+/// Runs `margin embed`; like `margin ingest`, fails at the end if any file failed.
 pub fn run(config: &Config, args: EmbedArgs) -> anyhow::Result<()> {
-    let mut passages = crate::wiring::passages(config, &args.paths, false)?;
+    let (mut passages, failed) = crate::wiring::passages(config, &args.paths, false)?;
     if let Some(limit) = args.limit {
         passages.truncate(limit);
     }
@@ -61,5 +61,8 @@ pub fn run(config: &Config, args: EmbedArgs) -> anyhow::Result<()> {
         file.dim,
         args.out.display()
     );
+    if failed > 0 {
+        anyhow::bail!("{failed} file(s) could not be read (see above); the others were encoded");
+    }
     Ok(())
 }

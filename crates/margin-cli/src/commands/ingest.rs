@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use margin_core::{Config, Passage};
-use margin_ingest::{ingest_paths, Chunker, FileOutcome};
+use margin_ingest::FileOutcome;
 
 /// Arguments of `margin ingest`.
 #[derive(Debug, Args)]
@@ -24,8 +24,7 @@ pub struct IngestArgs {
 
 /// Runs `margin ingest`; fails (after reading every file) if any file failed.
 pub fn run(config: &Config, args: IngestArgs) -> anyhow::Result<()> {
-    let chunker = Chunker::new(config.chunking)?;
-    let report = ingest_paths(&args.paths, &chunker);
+    let report = crate::wiring::ingest(config, &args.paths)?;
     if let Some(path) = &args.passages_out {
         write_passages(path, &report.passages)?;
     }
