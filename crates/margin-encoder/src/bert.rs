@@ -210,7 +210,11 @@ impl LoadedBert {
             .map_err(|e| OperationError::io(&config_path, e))?;
         let config: BertConfig = serde_json::from_str(&config_text)
             .map_err(|e| fail(format!("config.json is not a BERT configuration: {e}")))?;
-        if config.num_attention_heads == 0 || config.hidden_size % config.num_attention_heads != 0 {
+        if config.num_attention_heads == 0
+            || !config
+                .hidden_size
+                .is_multiple_of(config.num_attention_heads)
+        {
             return Err(fail(format!(
                 "config.json: hidden_size {} is not a multiple of num_attention_heads {}",
                 config.hidden_size, config.num_attention_heads
