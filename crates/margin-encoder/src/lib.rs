@@ -8,6 +8,8 @@
 //!   `1_Pooling/config.json` declares and L2 normalisation when `modules.json`
 //!   lists a `Normalize` module.
 
+#![warn(missing_docs)]
+
 mod bert;
 mod bert_model;
 mod gelu;

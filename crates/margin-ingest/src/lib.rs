@@ -8,6 +8,8 @@
 //!
 //! [`Document`]: margin_core::Document
 
+#![warn(missing_docs)]
+
 mod batch;
 mod chunk;
 mod readers;

@@ -6,6 +6,8 @@
 //! becomes visible, and prepares what the runtime needs but the source lacks
 //! (a `tokenizer.json` built from a GGUF file's metadata).
 
+#![warn(missing_docs)]
+
 pub mod catalogue;
 pub mod checksum;
 pub mod gguf_tokenizer;

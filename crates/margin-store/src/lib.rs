@@ -5,6 +5,8 @@
 //! a document is one atomic commit. The `VectorStore` seam (Qdrant Edge, Qdrant
 //! cluster) and hybrid fusion belong here too and are not written yet.
 
+#![warn(missing_docs)]
+
 mod bm25;
 
 pub use bm25::{Bm25Hit, Bm25Index};

@@ -6,6 +6,8 @@
 //! (set by `.ci/run`), where a missing model fails the test instead of
 //! silently passing.
 
+#![warn(missing_docs)]
+
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
