@@ -104,14 +104,7 @@ mod tests {
         let x = (x / 100.0).unwrap();
         let ours = gelu_erf(&x).unwrap();
         let reference = x.gelu_erf().unwrap();
-        let diff = (ours - reference)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = crate::test_util::max_abs(&(ours - reference).unwrap());
         assert!(diff < 1e-6, "{diff}");
     }
 }

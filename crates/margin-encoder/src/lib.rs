@@ -18,6 +18,21 @@ mod softmax;
 mod tokenize;
 pub mod vectors_file;
 
+#[cfg(test)]
+mod test_util {
+    use candle_core::Tensor;
+
+    /// The largest absolute value in `t`.
+    pub fn max_abs(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+}
+
 pub use bert::{BertEncoder, BertEncoderOptions};
 pub use vectors_file::VectorsFile;
 
