@@ -2,15 +2,11 @@
 //! the shared evaluation corpus.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use margin_core::config::ChunkingConfig;
 use margin_ingest::{ingest_paths, read_documents, Chunker, FileOutcome};
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+use margin_testkit::{shared_eval_file, workspace_root};
 
 fn dpr_chunker() -> Chunker {
     Chunker::new(ChunkingConfig {
@@ -61,15 +57,13 @@ fn demo_corpus_reads_cleanly() {
     assert!(!all_text.contains("console.log") && !all_text.contains("font-family"));
 }
 
-/// Reads the 12,143-record evaluation corpus; skipped where `../shared/eval`
-/// (beside the workspace) is absent, as in a clone without the shared data.
+/// Reads the 12,143-record evaluation corpus; skipped (with a message) where
+/// `../shared/eval` is absent, and failing instead under MARGIN_REQUIRE_MODELS=1.
 #[test]
 fn eval_corpus_reads_every_record() {
-    let path = workspace_root().join("../shared/eval/corpus.jsonl");
-    if !path.is_file() {
-        eprintln!("skipped: {} not found", path.display());
+    let Some(path) = shared_eval_file("eval_corpus_reads_every_record", "corpus.jsonl") else {
         return;
-    }
+    };
     let started = Instant::now();
     let documents = read_documents(&path).unwrap();
     let chunker = dpr_chunker();

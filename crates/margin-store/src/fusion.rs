@@ -51,24 +51,26 @@ mod tests {
         list.iter().map(|s| s.to_string()).collect()
     }
 
+    /// Fuses two weighted rankings with the paper's k.
+    fn fuse_two(a: (&[String], f64), b: (&[String], f64), limit: usize) -> Vec<(String, f64)> {
+        let rankings = [
+            Ranking {
+                weight: a.1,
+                ids: a.0,
+            },
+            Ranking {
+                weight: b.1,
+                ids: b.0,
+            },
+        ];
+        reciprocal_rank_fusion(&rankings, RRF_K, limit)
+    }
+
     #[test]
     fn agreement_beats_a_single_first_place() {
         let dense = ids(&["a", "b", "c"]);
         let bm25 = ids(&["d", "b", "a"]);
-        let fused = reciprocal_rank_fusion(
-            &[
-                Ranking {
-                    weight: 1.0,
-                    ids: &dense,
-                },
-                Ranking {
-                    weight: 1.0,
-                    ids: &bm25,
-                },
-            ],
-            RRF_K,
-            10,
-        );
+        let fused = fuse_two((&dense, 1.0), (&bm25, 1.0), 10);
         let order: Vec<&str> = fused.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(order, ["a", "b", "d", "c"]);
         assert!((fused[0].1 - (1.0 / 61.0 + 1.0 / 63.0)).abs() < 1e-12);
@@ -78,35 +80,9 @@ mod tests {
     fn weights_shift_the_balance_and_zero_weight_only_keeps_ids() {
         let dense = ids(&["a", "b"]);
         let bm25 = ids(&["b", "a"]);
-        let fused = reciprocal_rank_fusion(
-            &[
-                Ranking {
-                    weight: 2.0,
-                    ids: &dense,
-                },
-                Ranking {
-                    weight: 1.0,
-                    ids: &bm25,
-                },
-            ],
-            RRF_K,
-            10,
-        );
+        let fused = fuse_two((&dense, 2.0), (&bm25, 1.0), 10);
         assert_eq!(fused[0].0, "a");
-        let only_dense = reciprocal_rank_fusion(
-            &[
-                Ranking {
-                    weight: 1.0,
-                    ids: &dense,
-                },
-                Ranking {
-                    weight: 0.0,
-                    ids: &bm25,
-                },
-            ],
-            RRF_K,
-            1,
-        );
+        let only_dense = fuse_two((&dense, 1.0), (&bm25, 0.0), 1);
         assert_eq!(only_dense, vec![("a".to_string(), 1.0 / 61.0)]);
     }
 
@@ -125,11 +101,7 @@ mod tests {
             b in prop::collection::vec("[a-e]", 0..12),
             limit in 0usize..8,
         ) {
-            let fused = reciprocal_rank_fusion(
-                &[Ranking { weight: 1.0, ids: &a }, Ranking { weight: 0.5, ids: &b }],
-                RRF_K,
-                limit,
-            );
+            let fused = fuse_two((&a, 1.0), (&b, 0.5), limit);
             prop_assert!(fused.len() <= limit);
             let unique: std::collections::HashSet<&String> = fused.iter().map(|(id, _)| id).collect();
             prop_assert_eq!(unique.len(), fused.len());
