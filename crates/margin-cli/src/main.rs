@@ -32,7 +32,12 @@ struct Args {
     overrides: Vec<(String, String)>,
 
     /// Log filter (tracing syntax), e.g. `info` or `margin_models=debug`.
-    #[arg(long, global = true, env = "MARGIN_LOG", default_value = "info")]
+    #[arg(
+        long,
+        global = true,
+        env = "MARGIN_LOG",
+        default_value = "info,qdrant_edge=error,tantivy=warn"
+    )]
     log: String,
 
     #[command(subcommand)]
@@ -55,6 +60,21 @@ enum Command {
     Ingest(commands::ingest::IngestArgs),
     /// Encode the passages of documents into a vectors file.
     Embed(commands::embed::EmbedArgs),
+    /// Index documents (ingest, embed, store), skipping unchanged ones.
+    Index(commands::index::IndexArgs),
+    /// Search the index: dense, BM25 or hybrid.
+    Search(commands::search::SearchArgs),
+    /// Delete documents from the index.
+    Rm(commands::index::RmArgs),
+    /// List the indexed documents.
+    Docs(commands::index::ListArgs),
+    /// Count documents and passages in each store, and check that they agree.
+    Status(commands::index::ListArgs),
+    /// Evaluate on a QA set.
+    Eval {
+        #[command(subcommand)]
+        action: commands::eval::EvalAction,
+    },
     /// Measure throughput and memory.
     Bench {
         #[command(subcommand)]
@@ -93,6 +113,12 @@ fn main() -> anyhow::Result<()> {
         Command::Models { action } => commands::models::run(&config, action),
         Command::Ingest(a) => commands::ingest::run(&config, a),
         Command::Embed(a) => commands::embed::run(&config, a),
+        Command::Index(a) => commands::index::run(&config, a),
+        Command::Search(a) => commands::search::run(&config, a),
+        Command::Rm(a) => commands::index::rm(&config, a),
+        Command::Docs(a) => commands::index::docs(&config, a),
+        Command::Status(a) => commands::index::status(&config, a),
+        Command::Eval { action } => commands::eval::run(&config, action),
         Command::Bench { action } => commands::bench::run(&config, action),
     }
 }

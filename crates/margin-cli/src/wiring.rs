@@ -2,16 +2,19 @@
 //! displays people watch while they run.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
-use margin_core::config::DeviceKind;
+use margin_core::config::{DeviceKind, StoreKind};
 use margin_core::{Config, Passage};
-use margin_encoder::{BertEncoder, BertEncoderOptions};
+use margin_encoder::{BertEncoder, BertEncoderOptions, Encoder};
+use margin_index::{HybridSettings, Index, IndexLock, IndexSettings};
 use margin_ingest::{ingest_paths, Chunker, FileOutcome, IngestReport};
 use margin_models::{ModelStore, Role};
+use margin_store::{EdgeOptions, EdgeStore, QdrantOptions, QdrantStore, VectorStore};
 
 /// The compute device the configuration names.
 pub fn device(kind: DeviceKind) -> anyhow::Result<Device> {
@@ -57,6 +60,69 @@ pub fn encoder(config: &Config) -> anyhow::Result<BertEncoder> {
     )?)
 }
 
+/// The embedded store's settings for vectors of `dim` dimensions.
+pub fn edge_options(config: &Config, dim: usize) -> EdgeOptions {
+    EdgeOptions {
+        dim,
+        hnsw_m: config.retrieval.hnsw_m,
+        hnsw_ef_construct: config.retrieval.hnsw_ef_construct,
+        hnsw_ef: config.retrieval.hnsw_ef,
+    }
+}
+
+/// The configured vector store for vectors of `dim` dimensions; the embedded
+/// one lives in the locked index folder.
+fn vector_store(
+    config: &Config,
+    lock: &IndexLock,
+    dim: usize,
+) -> anyhow::Result<Box<dyn VectorStore>> {
+    Ok(match config.retrieval.store {
+        StoreKind::Edge => Box::new(EdgeStore::open(
+            &lock.dir().join("vectors"),
+            edge_options(config, dim),
+        )?),
+        StoreKind::Qdrant => {
+            let q = &config.qdrant;
+            Box::new(QdrantStore::connect(QdrantOptions {
+                url: q.url.clone(),
+                api_key: q.api_key.is_set().then(|| q.api_key.expose().to_string()),
+                collection: q.collection.clone(),
+                dim,
+                distance: format!("{:?}", q.distance).to_lowercase(),
+                shard_number: q.shard_number,
+                replication_factor: q.replication_factor,
+                upsert_batch: q.upsert_batch,
+                retries: q.retries,
+                timeout_secs: q.timeout_secs,
+                hnsw_ef: config.retrieval.hnsw_ef,
+            })?)
+        }
+    })
+}
+
+/// Opens the index under the data directory with the configured encoder and
+/// vector store (pulling the encoder first if needed).
+pub fn open_index(config: &Config) -> anyhow::Result<Index> {
+    let lock = IndexLock::acquire(&config.data_dir.join("index"))?;
+    let encoder: Arc<dyn Encoder> = Arc::new(encoder(config)?);
+    let vectors = vector_store(config, &lock, encoder.dim())?;
+    let r = &config.retrieval;
+    let settings = IndexSettings {
+        commit_passages: r.commit_passages,
+        chunking: format!(
+            "words={} overlap={} max_length={}",
+            config.chunking.words, config.chunking.overlap, config.encoder.max_length
+        ),
+        hybrid: HybridSettings {
+            dense_weight: r.dense_weight,
+            bm25_weight: r.bm25_weight,
+            candidates: r.hybrid_candidates,
+        },
+    };
+    Ok(Index::open(lock, vectors, encoder, settings)?)
+}
+
 /// Reads and splits `paths` as the configuration says.
 pub fn ingest(config: &Config, paths: &[PathBuf]) -> anyhow::Result<IngestReport> {
     Ok(ingest_paths(paths, &Chunker::new(config.chunking)?))
@@ -75,6 +141,15 @@ pub fn passages(
             eprintln!("FAILED: {error}");
         }
     }
+    let t = &report.totals;
+    tracing::info!(
+        "read {} files ({} skipped, {} failed): {} documents, {} passages",
+        t.files_ingested + t.files_skipped + t.files_failed,
+        t.files_skipped,
+        t.files_failed,
+        t.documents,
+        t.passages
+    );
     let failed = report.totals.files_failed;
     if strict && failed > 0 {
         anyhow::bail!("{failed} file(s) could not be read");

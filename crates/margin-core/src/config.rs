@@ -145,6 +145,20 @@ pub struct RetrievalConfig {
     pub mode: SearchMode,
     /// Default number of results.
     pub k: usize,
+    /// Weight of the dense ranking in hybrid fusion.
+    pub dense_weight: f64,
+    /// Weight of the BM25 ranking in hybrid fusion.
+    pub bm25_weight: f64,
+    /// Candidates taken from each ranking before hybrid fusion (at least k).
+    pub hybrid_candidates: usize,
+    /// Edges per node of the HNSW graph (embedded store).
+    pub hnsw_m: usize,
+    /// Candidates kept while building the HNSW graph (embedded store).
+    pub hnsw_ef_construct: usize,
+    /// Candidates kept while searching the HNSW graph.
+    pub hnsw_ef: usize,
+    /// Passages written between two durable commits while indexing.
+    pub commit_passages: usize,
 }
 
 /// Vector store backends.
@@ -177,6 +191,32 @@ pub struct QdrantConfig {
     pub url: String,
     /// API key.
     pub api_key: Secret,
+    /// Collection holding margin's passages.
+    pub collection: String,
+    /// Distance of a new collection.
+    pub distance: Distance,
+    /// Shards of a new collection.
+    pub shard_number: u32,
+    /// Copies of each shard in a new collection.
+    pub replication_factor: u32,
+    /// Points per upsert request.
+    pub upsert_batch: usize,
+    /// Attempts per request before giving up, with exponential back-off.
+    pub retries: u32,
+    /// Timeout of one request, in seconds.
+    pub timeout_secs: u64,
+}
+
+/// Vector distances a Qdrant collection can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distance {
+    /// Cosine similarity.
+    Cosine,
+    /// Inner product.
+    Dot,
+    /// Euclidean distance.
+    Euclid,
 }
 
 /// A secret string: never printed, serialized as `***` when set.
@@ -296,6 +336,41 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        for (key, value) in [
+            (
+                "retrieval.hybrid_candidates",
+                self.retrieval.hybrid_candidates,
+            ),
+            ("retrieval.hnsw_m", self.retrieval.hnsw_m),
+            ("retrieval.hnsw_ef", self.retrieval.hnsw_ef),
+            ("retrieval.commit_passages", self.retrieval.commit_passages),
+            ("qdrant.upsert_batch", self.qdrant.upsert_batch),
+            ("qdrant.shard_number", self.qdrant.shard_number as usize),
+            (
+                "qdrant.replication_factor",
+                self.qdrant.replication_factor as usize,
+            ),
+            ("qdrant.retries", self.qdrant.retries as usize),
+            ("qdrant.timeout_secs", self.qdrant.timeout_secs as usize),
+        ] {
+            if value == 0 {
+                return Err(OperationError::bad_config(key, "must be at least 1"));
+            }
+        }
+        if self.retrieval.hnsw_ef_construct < 4 {
+            return Err(OperationError::bad_config(
+                "retrieval.hnsw_ef_construct",
+                "must be at least 4",
+            ));
+        }
+        for (key, weight) in [
+            ("retrieval.dense_weight", self.retrieval.dense_weight),
+            ("retrieval.bm25_weight", self.retrieval.bm25_weight),
+        ] {
+            if !(weight.is_finite() && weight >= 0.0) {
+                return Err(OperationError::bad_config(key, "must be a number >= 0"));
+            }
+        }
         if self.models.sources.is_empty() {
             return Err(OperationError::bad_config(
                 "models.sources",
@@ -355,6 +430,7 @@ fn allowed_values(key: &str) -> Option<&'static [&'static str]> {
         "encoder.device" => DeviceKind::CHOICES,
         "retrieval.store" => StoreKind::CHOICES,
         "retrieval.mode" => SearchMode::CHOICES,
+        "qdrant.distance" => Distance::CHOICES,
         k if k.starts_with("models.sources") => SourceKind::CHOICES,
         _ => return None,
     })
@@ -376,6 +452,10 @@ impl Choices for StoreKind {
 
 impl Choices for SearchMode {
     const CHOICES: &'static [&'static str] = &["dense", "bm25", "hybrid"];
+}
+
+impl Choices for Distance {
+    const CHOICES: &'static [&'static str] = &["cosine", "dot", "euclid"];
 }
 
 impl Choices for SourceKind {

@@ -72,6 +72,24 @@ pub enum OperationError {
         actual: String,
     },
 
+    /// No such thing is stored: a document, a job.
+    #[error("no {kind} `{name}`")]
+    NotFound {
+        /// What was looked for: `document`.
+        kind: &'static str,
+        /// Its id.
+        name: String,
+    },
+
+    /// A store (vector store, BM25 index, registry) failed or cannot be reached.
+    #[error("{store}: {message}")]
+    Store {
+        /// Which store and where: `Qdrant Edge at data/index/vectors`.
+        store: String,
+        /// What went wrong, and what to do where known.
+        message: String,
+    },
+
     /// A model could not be loaded or run.
     #[error("model `{model}`: {message}")]
     Model {
@@ -104,6 +122,22 @@ impl OperationError {
         Self::BadInput {
             what: what.into(),
             message: message.into(),
+        }
+    }
+
+    /// Nothing called `name` of this `kind` exists.
+    pub fn not_found(kind: &'static str, name: impl Into<String>) -> Self {
+        Self::NotFound {
+            kind,
+            name: name.into(),
+        }
+    }
+
+    /// A failure of `store` (named with its location).
+    pub fn store(store: impl Into<String>, message: impl ToString) -> Self {
+        Self::Store {
+            store: store.into(),
+            message: first_line(&message.to_string()),
         }
     }
 

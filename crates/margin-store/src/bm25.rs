@@ -4,6 +4,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use margin_core::{OperationError, OperationResult, Passage};
+
+use crate::vector::{DocVersion, StoredHit};
 use tantivy::collector::TopDocs;
 use tantivy::query::QueryParser;
 use tantivy::schema::{
@@ -17,22 +19,20 @@ const ANALYZER: &str = "en_stem";
 /// Memory for the writer's indexing buffer, shared by its threads.
 const WRITER_MEMORY: usize = 64 * 1024 * 1024;
 
-/// One BM25 result.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Bm25Hit {
-    /// Passage id.
-    pub passage_id: String,
-    /// Id of the passage's document.
-    pub doc_id: String,
-    /// BM25 score (higher is better).
-    pub score: f32,
-}
-
 struct Fields {
     passage_id: Field,
     doc_id: Field,
+    generation: Field,
+    /// `doc_id` and `generation` in one term, so one version deletes at once.
+    version: Field,
     title: Field,
     text: Field,
+    source: Field,
+    position: Field,
+}
+
+fn version_key(doc_id: &str, generation: &str) -> String {
+    format!("{doc_id}\u{0}{generation}")
 }
 
 /// A persistent BM25 index of passages (title and text, English stemming).
@@ -44,7 +44,7 @@ pub struct Bm25Index {
 }
 
 fn store_error(what: &str, e: impl std::fmt::Display) -> OperationError {
-    OperationError::bad_input(what, format!("BM25 index: {e}"))
+    OperationError::store("BM25 index", format!("{what}: {e}"))
 }
 
 impl Bm25Index {
@@ -53,16 +53,22 @@ impl Bm25Index {
         std::fs::create_dir_all(dir).map_err(|e| OperationError::io(dir, e))?;
         let what = dir.display().to_string();
         let mut schema = Schema::builder();
-        let analysed = TextOptions::default().set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer(ANALYZER)
-                .set_index_option(IndexRecordOption::WithFreqsAndPositions),
-        );
+        let analysed = TextOptions::default()
+            .set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer(ANALYZER)
+                    .set_index_option(IndexRecordOption::WithFreqsAndPositions),
+            )
+            .set_stored();
         let fields = Fields {
             passage_id: schema.add_text_field("passage_id", STRING | STORED),
             doc_id: schema.add_text_field("doc_id", STRING | STORED),
+            generation: schema.add_text_field("generation", STRING | STORED),
+            version: schema.add_text_field("version", STRING),
             title: schema.add_text_field("title", analysed.clone()),
             text: schema.add_text_field("text", analysed),
+            source: schema.add_text_field("source", STORED),
+            position: schema.add_u64_field("position", STORED),
         };
         let schema = schema.build();
         let directory =
@@ -84,15 +90,11 @@ impl Bm25Index {
         })
     }
 
-    /// Replaces the passages of each document in `documents` (doc id and its
-    /// passages) in one commit: after it returns, every listed document is
-    /// searchable in full, and none is ever seen half-replaced.
-    pub fn replace_documents<'a>(
-        &self,
-        documents: impl IntoIterator<Item = (&'a str, &'a [Passage])>,
-    ) -> OperationResult<()> {
+    /// Adds the passages of document versions (generation, passages) and
+    /// removes other versions, in one commit: a reader sees all of it or none.
+    pub fn write(&self, add: &[(&str, &[Passage])], delete: &[DocVersion]) -> OperationResult<()> {
         let mut writer = self.lock_writer();
-        if let Err(e) = self.stage(&mut writer, documents) {
+        if let Err(e) = self.stage(&mut writer, add, delete) {
             // Staged deletions and additions must not ride along with a later commit.
             writer.rollback().map_err(|e| store_error("rollback", e))?;
             return Err(e);
@@ -100,38 +102,35 @@ impl Bm25Index {
         self.commit(&mut writer)
     }
 
-    fn stage<'a>(
+    fn stage(
         &self,
         writer: &mut IndexWriter,
-        documents: impl IntoIterator<Item = (&'a str, &'a [Passage])>,
+        add: &[(&str, &[Passage])],
+        delete: &[DocVersion],
     ) -> OperationResult<()> {
-        for (doc_id, passages) in documents {
-            writer.delete_term(Term::from_field_text(self.fields.doc_id, doc_id));
-            for p in passages {
-                if p.doc_id != doc_id {
-                    return Err(OperationError::bad_input(
-                        &p.id,
-                        format!("passage belongs to document `{}`, not `{doc_id}`", p.doc_id),
-                    ));
-                }
+        for version in delete {
+            writer.delete_term(Term::from_field_text(
+                self.fields.version,
+                &version_key(&version.doc_id, &version.generation),
+            ));
+        }
+        for (generation, passages) in add {
+            for p in *passages {
                 writer
                     .add_document(doc!(
                         self.fields.passage_id => p.id.as_str(),
                         self.fields.doc_id => p.doc_id.as_str(),
+                        self.fields.generation => *generation,
+                        self.fields.version => version_key(&p.doc_id, generation),
                         self.fields.title => p.title.as_str(),
                         self.fields.text => p.text.as_str(),
+                        self.fields.source => p.source.as_str(),
+                        self.fields.position => p.position as u64,
                     ))
                     .map_err(|e| store_error(&p.id, e))?;
             }
         }
         Ok(())
-    }
-
-    /// Removes every passage of document `doc_id`.
-    pub fn delete_document(&self, doc_id: &str) -> OperationResult<()> {
-        let mut writer = self.lock_writer();
-        writer.delete_term(Term::from_field_text(self.fields.doc_id, doc_id));
-        self.commit(&mut writer)
     }
 
     /// The writer, also after a panic elsewhere held its lock: every write
@@ -168,7 +167,7 @@ impl Bm25Index {
 
     /// The `k` passages that best match `query` by BM25 over title and text.
     /// Query syntax errors are forgiven (the words are still searched).
-    pub fn search(&self, query: &str, k: usize) -> OperationResult<Vec<Bm25Hit>> {
+    pub fn search(&self, query: &str, k: usize) -> OperationResult<Vec<StoredHit>> {
         if query.trim().is_empty() {
             return Err(OperationError::bad_input("query", "must not be empty"));
         }
@@ -194,9 +193,19 @@ impl Bm25Index {
                         .unwrap_or_default()
                         .to_string()
                 };
-                Ok(Bm25Hit {
-                    passage_id: text(self.fields.passage_id),
-                    doc_id: text(self.fields.doc_id),
+                Ok(StoredHit {
+                    passage: Passage {
+                        id: text(self.fields.passage_id),
+                        doc_id: text(self.fields.doc_id),
+                        title: text(self.fields.title),
+                        text: text(self.fields.text),
+                        source: text(self.fields.source),
+                        position: stored
+                            .get_first(self.fields.position)
+                            .and_then(|v| v.as_u64())
+                            .unwrap_or_default() as usize,
+                    },
+                    generation: text(self.fields.generation),
                     score,
                 })
             })
@@ -261,9 +270,8 @@ mod tests {
 
     fn index_corpus(index: &Bm25Index) {
         let docs = corpus();
-        index
-            .replace_documents(docs.iter().map(|(d, p)| (d.as_str(), p.as_slice())))
-            .unwrap();
+        let add: Vec<(&str, &[Passage])> = docs.iter().map(|(_, p)| ("g1", p.as_slice())).collect();
+        index.write(&add, &[]).unwrap();
     }
 
     #[test]
@@ -273,35 +281,45 @@ mod tests {
         index_corpus(&index);
         assert_eq!(index.num_passages(), 4);
         let hits = index.search("bee dance", 3).unwrap();
-        assert_eq!(hits[0].passage_id, "bees#0", "bee~Bees, dance~dancing");
+        assert_eq!(hits[0].passage.id, "bees#0", "bee~Bees, dance~dancing");
+        assert_eq!(hits[0].passage.title, "Honeybees");
+        assert_eq!(hits[0].passage.source, "bees.txt");
+        assert_eq!(hits[0].generation, "g1");
         let hits = index.search("printing", 3).unwrap();
-        assert_eq!(hits[0].doc_id, "press");
-        assert!(index.search("what pulls the ocean?", 2).unwrap()[0]
-            .passage_id
-            .starts_with("tides#"));
+        assert_eq!(hits[0].passage.doc_id, "press");
+        let tides = &index.search("what pulls the ocean?", 2).unwrap()[0].passage;
+        assert_eq!((tides.id.as_str(), tides.position), ("tides#0", 0));
     }
 
     #[test]
-    fn replace_and_delete_work_per_document_and_persist() {
+    fn versions_are_added_and_deleted_atomically_and_persist() {
         let dir = tempfile::tempdir().unwrap();
         {
             let index = Bm25Index::open(dir.path()).unwrap();
             index_corpus(&index);
             let new_tides = [passage("tides", 0, "Tides", "Neap tides are the weakest.")];
             index
-                .replace_documents([("tides", &new_tides[..])])
+                .write(&[("g2", &new_tides[..])], &[DocVersion::new("tides", "g1")])
                 .unwrap();
             assert_eq!(index.num_passages(), 3);
             assert!(
                 index.search("spring", 5).unwrap().is_empty(),
                 "old passages are gone"
             );
-            index.delete_document("bees").unwrap();
+            index.write(&[], &[DocVersion::new("bees", "g1")]).unwrap();
             assert_eq!(index.num_passages(), 2);
+            index
+                .write(&[], &[DocVersion::new("press", "other")])
+                .unwrap();
+            assert_eq!(index.num_passages(), 2, "only the named version goes");
         }
         let reopened = Bm25Index::open(dir.path()).unwrap();
         assert_eq!(reopened.num_passages(), 2);
-        assert_eq!(reopened.search("neap", 5).unwrap()[0].passage_id, "tides#0");
+        let neap = &reopened.search("neap", 5).unwrap()[0];
+        assert_eq!(
+            (neap.passage.id.as_str(), neap.generation.as_str()),
+            ("tides#0", "g2")
+        );
         assert!(reopened.search("bees", 5).unwrap().is_empty());
     }
 
@@ -329,31 +347,5 @@ mod tests {
             .search("moon AND (tides OR \"unclosed", 5)
             .unwrap()
             .is_empty());
-    }
-
-    #[test]
-    fn a_passage_of_another_document_is_refused_and_nothing_is_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let index = Bm25Index::open(dir.path()).unwrap();
-        index_corpus(&index);
-        let wrong = [passage("bees", 0, "x", "intruder words")];
-        assert!(index.replace_documents([("tides", &wrong[..])]).is_err());
-        // A later, good commit must not carry the failed batch's deletion of `tides`.
-        let press = [passage(
-            "press",
-            0,
-            "Printing press",
-            "Presses print pages.",
-        )];
-        index.replace_documents([("press", &press[..])]).unwrap();
-        assert_eq!(index.num_passages(), 4);
-        drop(index);
-        let reopened = Bm25Index::open(dir.path()).unwrap();
-        assert_eq!(
-            reopened.num_passages(),
-            4,
-            "the failed batch did not reach the index"
-        );
-        assert!(reopened.search("intruder", 5).unwrap().is_empty());
     }
 }

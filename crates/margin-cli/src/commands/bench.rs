@@ -13,6 +13,9 @@ use serde::Serialize;
 pub enum BenchAction {
     /// Encode N passages of a corpus; report passages/s and peak memory.
     Encode(EncodeBench),
+    /// Search latency (p50/p99), HNSW recall against exact search, memory and
+    /// disk: over the index in the data directory, or over N synthetic vectors.
+    Search(crate::commands::bench_search::SearchBench),
 }
 
 /// Arguments of `margin bench encode`.
@@ -46,6 +49,7 @@ struct EncodeReport {
 pub fn run(config: &Config, action: BenchAction) -> anyhow::Result<()> {
     match action {
         BenchAction::Encode(args) => encode(config, args),
+        BenchAction::Search(args) => crate::commands::bench_search::run(config, args),
     }
 }
 
@@ -114,7 +118,7 @@ fn encode(config: &Config, args: EncodeBench) -> anyhow::Result<()> {
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`).
-fn peak_rss_mib() -> Option<f64> {
+pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -1,7 +1,11 @@
 //! One module per subcommand.
 
 pub mod bench;
+pub mod bench_search;
 pub mod config;
 pub mod embed;
+pub mod eval;
+pub mod index;
 pub mod ingest;
 pub mod models;
+pub mod search;
