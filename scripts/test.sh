@@ -23,6 +23,9 @@ target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import js
 "$target_dir/debug/margin" --log warn models pull all-minilm-l6-v2 smollm2-135m-instruct gemma3-270m
 
 echo "== tests"
+if [ -z "${QDRANT_URL:-}" ]; then
+  echo "SKIPPED: Qdrant cluster integration tests (crates/margin-store/tests/qdrant_cluster.rs): QDRANT_URL is not set"
+fi
 if command -v cargo-nextest >/dev/null; then
   cargo nextest run --workspace --locked --no-fail-fast
 else
