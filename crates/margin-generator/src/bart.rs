@@ -1,0 +1,413 @@
+//! BART (Lewis et al., 2019) as Hugging Face's `BartForConditionalGeneration`
+//! lays it out: post-norm encoder and decoder, learned positions offset by 2,
+//! `layernorm_embedding`, optional sqrt(d_model) embedding scale, LM head tied
+//! to the shared embedding plus `final_logits_bias`.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor, D};
+use candle_nn::{layer_norm, linear, Embedding, LayerNorm, LayerNormConfig, Linear, VarBuilder};
+use margin_core::{OperationError, OperationResult};
+use serde::Deserialize;
+
+/// The fields of a Hugging Face BART `config.json` that the forward pass uses.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BartConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Hidden size.
+    pub d_model: usize,
+    /// Encoder layers.
+    pub encoder_layers: usize,
+    /// Decoder layers.
+    pub decoder_layers: usize,
+    /// Encoder attention heads.
+    pub encoder_attention_heads: usize,
+    /// Decoder attention heads.
+    pub decoder_attention_heads: usize,
+    /// Encoder feed-forward size.
+    pub encoder_ffn_dim: usize,
+    /// Decoder feed-forward size.
+    pub decoder_ffn_dim: usize,
+    /// Longest input, in positions.
+    pub max_position_embeddings: usize,
+    /// Feed-forward activation: `gelu`, `relu`, …
+    pub activation_function: String,
+    /// Whether embeddings are multiplied by sqrt(d_model).
+    #[serde(default)]
+    pub scale_embedding: bool,
+    /// Padding token id.
+    pub pad_token_id: u32,
+    /// Beginning-of-sequence token id.
+    pub bos_token_id: u32,
+    /// End-of-sequence token id.
+    pub eos_token_id: u32,
+    /// First decoder input.
+    pub decoder_start_token_id: u32,
+    /// Token forced when the maximum length is reached.
+    #[serde(default)]
+    pub forced_eos_token_id: Option<u32>,
+}
+
+/// BART's learned positions start at index 2 (a fairseq legacy).
+const POSITION_OFFSET: usize = 2;
+
+/// Hugging Face BART's layer norm epsilon.
+const LAYER_NORM_EPS: f64 = 1e-5;
+
+fn model_error(e: impl std::fmt::Display) -> OperationError {
+    OperationError::model("bart", e)
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Activation {
+    Gelu,
+    Relu,
+}
+
+impl Activation {
+    fn parse(name: &str) -> OperationResult<Activation> {
+        match name {
+            "gelu" => Ok(Activation::Gelu),
+            "relu" => Ok(Activation::Relu),
+            other => Err(OperationError::model(
+                "bart",
+                format!("activation_function `{other}` is not supported (gelu, relu)"),
+            )),
+        }
+    }
+
+    fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            // transformers' "gelu" is the exact, erf-based GELU.
+            Activation::Gelu => x.gelu_erf(),
+            Activation::Relu => x.relu(),
+        }
+    }
+}
+
+/// Multi-head attention with biases; queries are scaled before the product, as in fairseq.
+#[derive(Debug)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn load(vb: VarBuilder, d_model: usize, heads: usize) -> candle_core::Result<Attention> {
+        Ok(Attention {
+            q_proj: linear(d_model, d_model, vb.pp("q_proj"))?,
+            k_proj: linear(d_model, d_model, vb.pp("k_proj"))?,
+            v_proj: linear(d_model, d_model, vb.pp("v_proj"))?,
+            out_proj: linear(d_model, d_model, vb.pp("out_proj"))?,
+            heads,
+            head_dim: d_model / heads,
+        })
+    }
+
+    /// [batch, len, d] -> [batch, heads, len, head_dim]
+    fn split_heads(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, l, _) = x.dims3()?;
+        x.reshape((b, l, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// Attends from `x` to `kv` (itself for self-attention); `bias` is added
+    /// to the scores, broadcast over heads: [batch, 1, q_len, kv_len].
+    fn forward(&self, x: &Tensor, kv: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, l, d) = x.dims3()?;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let q = self.split_heads(&(self.q_proj.forward(x)? * scale)?)?;
+        let k = self.split_heads(&self.k_proj.forward(kv)?)?;
+        let v = self.split_heads(&self.v_proj.forward(kv)?)?;
+        let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = weights.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
+        self.out_proj.forward(&out)
+    }
+}
+
+/// Two-layer feed-forward block.
+#[derive(Debug)]
+struct FeedForward {
+    fc1: Linear,
+    fc2: Linear,
+    activation: Activation,
+}
+
+impl FeedForward {
+    fn load(
+        vb: &VarBuilder,
+        d_model: usize,
+        ffn: usize,
+        activation: Activation,
+    ) -> candle_core::Result<Self> {
+        Ok(FeedForward {
+            fc1: linear(d_model, ffn, vb.pp("fc1"))?,
+            fc2: linear(ffn, d_model, vb.pp("fc2"))?,
+            activation,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.fc2
+            .forward(&self.activation.apply(&self.fc1.forward(x)?)?)
+    }
+}
+
+fn norm(vb: VarBuilder, d_model: usize) -> candle_core::Result<LayerNorm> {
+    layer_norm(d_model, LayerNormConfig::from(LAYER_NORM_EPS), vb)
+}
+
+#[derive(Debug)]
+struct EncoderLayer {
+    self_attn: Attention,
+    self_attn_layer_norm: LayerNorm,
+    ffn: FeedForward,
+    final_layer_norm: LayerNorm,
+}
+
+impl EncoderLayer {
+    fn forward(&self, x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+        let x = self
+            .self_attn_layer_norm
+            .forward(&(x + self.self_attn.forward(x, x, bias)?)?)?;
+        self.final_layer_norm
+            .forward(&(&x + self.ffn.forward(&x)?)?)
+    }
+}
+
+#[derive(Debug)]
+struct DecoderLayer {
+    self_attn: Attention,
+    self_attn_layer_norm: LayerNorm,
+    encoder_attn: Attention,
+    encoder_attn_layer_norm: LayerNorm,
+    ffn: FeedForward,
+    final_layer_norm: LayerNorm,
+}
+
+impl DecoderLayer {
+    fn forward(
+        &self,
+        x: &Tensor,
+        causal: &Tensor,
+        encoder_out: &Tensor,
+        cross_bias: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let x = self
+            .self_attn_layer_norm
+            .forward(&(x + self.self_attn.forward(x, x, causal)?)?)?;
+        let x = self
+            .encoder_attn_layer_norm
+            .forward(&(&x + self.encoder_attn.forward(&x, encoder_out, cross_bias)?)?)?;
+        self.final_layer_norm
+            .forward(&(&x + self.ffn.forward(&x)?)?)
+    }
+}
+
+/// Token + learned position embeddings, scaled, then `layernorm_embedding`.
+#[derive(Debug)]
+struct Embeddings {
+    positions: Embedding,
+    layernorm_embedding: LayerNorm,
+    scale: f64,
+}
+
+impl Embeddings {
+    fn load(vb: VarBuilder, config: &BartConfig) -> candle_core::Result<Embeddings> {
+        let rows = config.max_position_embeddings + POSITION_OFFSET;
+        Ok(Embeddings {
+            positions: Embedding::new(
+                vb.get((rows, config.d_model), "embed_positions.weight")?,
+                config.d_model,
+            ),
+            layernorm_embedding: norm(vb.pp("layernorm_embedding"), config.d_model)?,
+            scale: if config.scale_embedding {
+                (config.d_model as f64).sqrt()
+            } else {
+                1.0
+            },
+        })
+    }
+
+    fn forward(
+        &self,
+        shared: &Embedding,
+        ids: &Tensor,
+        start: usize,
+    ) -> candle_core::Result<Tensor> {
+        let len = ids.dim(1)?;
+        let positions = Tensor::arange(
+            (start + POSITION_OFFSET) as u32,
+            (start + POSITION_OFFSET + len) as u32,
+            ids.device(),
+        )?;
+        let tokens = (shared.forward(ids)? * self.scale)?;
+        let x = tokens.broadcast_add(&self.positions.forward(&positions)?)?;
+        self.layernorm_embedding.forward(&x)
+    }
+}
+
+/// `BartForConditionalGeneration`.
+#[derive(Debug)]
+pub struct Bart {
+    config: BartConfig,
+    shared: Embedding,
+    encoder_embeddings: Embeddings,
+    encoder_layers: Vec<EncoderLayer>,
+    decoder_embeddings: Embeddings,
+    decoder_layers: Vec<DecoderLayer>,
+    final_logits_bias: Tensor,
+    device: Device,
+}
+
+/// Score bias that keeps attention off a position (as transformers, the
+/// dtype's lowest value would overflow when added twice; this cannot).
+const MASKED: f32 = -1e9;
+
+impl Bart {
+    /// Loads a Hugging Face checkpoint folder (`config.json` and
+    /// `model.safetensors`) in f32.
+    pub fn load(dir: &Path, device: &Device) -> OperationResult<Bart> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path)
+            .map_err(|e| OperationError::io(&config_path, e))?;
+        let config: BartConfig = serde_json::from_str(&text).map_err(|e| {
+            OperationError::bad_input(config_path.display().to_string(), e.to_string())
+        })?;
+        let weights = dir.join("model.safetensors");
+        // SAFETY: the file is memory-mapped read-only; margin never writes model files while they are loaded.
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
+            .map_err(model_error)?;
+        Self::from_var_builder(config, vb, device).map_err(model_error)
+    }
+
+    fn from_var_builder(
+        config: BartConfig,
+        vb: VarBuilder,
+        device: &Device,
+    ) -> candle_core::Result<Bart> {
+        let activation =
+            Activation::parse(&config.activation_function).map_err(candle_core::Error::wrap)?;
+        let d = config.d_model;
+        let shared = Embedding::new(vb.get((config.vocab_size, d), "model.shared.weight")?, d);
+        let encoder = vb.pp("model.encoder");
+        let decoder = vb.pp("model.decoder");
+        let encoder_layers = (0..config.encoder_layers)
+            .map(|i| {
+                let vb = encoder.pp(format!("layers.{i}"));
+                Ok(EncoderLayer {
+                    self_attn: Attention::load(
+                        vb.pp("self_attn"),
+                        d,
+                        config.encoder_attention_heads,
+                    )?,
+                    self_attn_layer_norm: norm(vb.pp("self_attn_layer_norm"), d)?,
+                    ffn: FeedForward::load(&vb, d, config.encoder_ffn_dim, activation)?,
+                    final_layer_norm: norm(vb.pp("final_layer_norm"), d)?,
+                })
+            })
+            .collect::<candle_core::Result<_>>()?;
+        let decoder_layers = (0..config.decoder_layers)
+            .map(|i| {
+                let vb = decoder.pp(format!("layers.{i}"));
+                Ok(DecoderLayer {
+                    self_attn: Attention::load(
+                        vb.pp("self_attn"),
+                        d,
+                        config.decoder_attention_heads,
+                    )?,
+                    self_attn_layer_norm: norm(vb.pp("self_attn_layer_norm"), d)?,
+                    encoder_attn: Attention::load(
+                        vb.pp("encoder_attn"),
+                        d,
+                        config.decoder_attention_heads,
+                    )?,
+                    encoder_attn_layer_norm: norm(vb.pp("encoder_attn_layer_norm"), d)?,
+                    ffn: FeedForward::load(&vb, d, config.decoder_ffn_dim, activation)?,
+                    final_layer_norm: norm(vb.pp("final_layer_norm"), d)?,
+                })
+            })
+            .collect::<candle_core::Result<_>>()?;
+        Ok(Bart {
+            encoder_embeddings: Embeddings::load(encoder, &config)?,
+            decoder_embeddings: Embeddings::load(decoder, &config)?,
+            final_logits_bias: vb.get((1, config.vocab_size), "final_logits_bias")?,
+            shared,
+            encoder_layers,
+            decoder_layers,
+            config,
+            device: device.clone(),
+        })
+    }
+
+    /// The checkpoint's configuration.
+    pub fn config(&self) -> &BartConfig {
+        &self.config
+    }
+
+    /// Additive key bias from a 0/1 mask [batch, kv_len]: [batch, 1, 1, kv_len].
+    fn padding_bias(mask: &Tensor) -> candle_core::Result<Tensor> {
+        let mask = mask.to_dtype(DType::F32)?;
+        ((1.0 - mask)? * MASKED as f64)?.unsqueeze(1)?.unsqueeze(1)
+    }
+
+    /// Encodes `input_ids` [batch, len] with its 0/1 `attention_mask`: [batch, len, d].
+    pub fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor) -> OperationResult<Tensor> {
+        (|| {
+            let bias = Self::padding_bias(attention_mask)?;
+            let mut x = self
+                .encoder_embeddings
+                .forward(&self.shared, input_ids, 0)?;
+            for layer in &self.encoder_layers {
+                x = layer.forward(&x, &bias)?;
+            }
+            Ok::<_, candle_core::Error>(x)
+        })()
+        .map_err(model_error)
+    }
+
+    /// Next-token logits [batch, dec_len, vocab] for teacher-forced
+    /// `decoder_input_ids` over `encoder_out`.
+    pub fn decode(
+        &self,
+        decoder_input_ids: &Tensor,
+        encoder_out: &Tensor,
+        attention_mask: &Tensor,
+    ) -> OperationResult<Tensor> {
+        (|| {
+            let len = decoder_input_ids.dim(1)?;
+            let causal: Vec<f32> = (0..len)
+                .flat_map(|i| (0..len).map(move |j| if j > i { MASKED } else { 0.0 }))
+                .collect();
+            let causal = Tensor::from_vec(causal, (1, 1, len, len), &self.device)?;
+            let cross = Self::padding_bias(attention_mask)?;
+            let mut x = self
+                .decoder_embeddings
+                .forward(&self.shared, decoder_input_ids, 0)?;
+            for layer in &self.decoder_layers {
+                x = layer.forward(&x, &causal, encoder_out, &cross)?;
+            }
+            let logits = x.broadcast_matmul(&self.shared.embeddings().t()?)?;
+            logits.broadcast_add(&self.final_logits_bias)
+        })()
+        .map_err(model_error)
+    }
+
+    /// Log-probabilities of the next token after each prefix: log-softmax of [`Bart::decode`].
+    pub fn next_token_log_probs(
+        &self,
+        decoder_input_ids: &Tensor,
+        encoder_out: &Tensor,
+        attention_mask: &Tensor,
+    ) -> OperationResult<Tensor> {
+        let logits = self.decode(decoder_input_ids, encoder_out, attention_mask)?;
+        candle_nn::ops::log_softmax(&logits, D::Minus1).map_err(model_error)
+    }
+}
