@@ -1,11 +1,13 @@
 //! BART on candle against Hugging Face transformers, on the tiny random
 //! checkpoints of tests/fixtures/bart (made by make_bart_reference.py):
-//! logits of teacher-forced decoding, and plain greedy generation.
+//! logits of teacher-forced decoding, greedy search (plain, and with
+//! no-repeat n-grams and a minimum length) and beam search.
 
 use std::path::PathBuf;
 
-use candle_core::{Device, Tensor, D};
+use candle_core::{Device, Tensor};
 use margin_generator::bart::Bart;
+use margin_generator::decoding::{beam_search, greedy_search, BeamSettings, StepRules};
 use serde_json::Value;
 
 const CHECKPOINTS: [&str; 2] = ["tiny-gelu", "tiny-relu-scaled"];
@@ -56,48 +58,47 @@ fn logits_match_transformers_within_1e_4() {
     }
 }
 
-/// Greedy search as transformers runs it with these checkpoints' settings:
-/// an optional forced BOS at the first step, EOS forced at `max_length`,
-/// finished rows padded.
-fn greedy(
-    bart: &Bart,
-    input: &Tensor,
-    mask: &Tensor,
-    max_length: usize,
-    forced_bos: Option<u32>,
-) -> Vec<Vec<u32>> {
-    let c = bart.config();
+/// Next-token log-probabilities of `rows`, row `r` conditioned on input
+/// `r / rows_per_input`, recomputing the decoder over the whole prefix.
+fn scorer<'a>(
+    bart: &'a Bart,
+    input: &'a Tensor,
+    mask: &'a Tensor,
+    rows_per_input: usize,
+) -> impl FnMut(&[Vec<u32>]) -> margin_core::OperationResult<Vec<Vec<f32>>> + 'a {
     let encoded = bart.encode(input, mask).unwrap();
-    let batch = input.dim(0).unwrap();
-    let mut rows = vec![vec![c.decoder_start_token_id]; batch];
-    let mut done = vec![false; batch];
-    while rows[0].len() < max_length && !done.iter().all(|d| *d) {
-        let step = rows[0].len();
-        let log_probs = bart
-            .next_token_log_probs(&tensor(&rows), &encoded, mask)
-            .unwrap();
-        let last = log_probs
-            .narrow(1, step - 1, 1)
+    move |rows| {
+        let of_input: Vec<u32> = (0..rows.len())
+            .map(|r| (r / rows_per_input) as u32)
+            .collect();
+        let of_input = Tensor::new(of_input, &Device::Cpu).unwrap();
+        let encoded = encoded.index_select(&of_input, 0).unwrap();
+        let mask = mask.index_select(&of_input, 0).unwrap();
+        let step = rows[0].len() - 1;
+        let log_probs = bart.next_token_log_probs(&tensor(rows), &encoded, &mask)?;
+        Ok(log_probs
+            .narrow(1, step, 1)
             .unwrap()
             .squeeze(1)
-            .unwrap();
-        let best: Vec<u32> = last.argmax(D::Minus1).unwrap().to_vec1().unwrap();
-        for (i, row) in rows.iter_mut().enumerate() {
-            let forced = match step {
-                1 => forced_bos,
-                _ if step + 1 == max_length => c.forced_eos_token_id,
-                _ => None,
-            };
-            let token = if done[i] {
-                c.pad_token_id
-            } else {
-                forced.unwrap_or(best[i])
-            };
-            done[i] |= token == c.eos_token_id;
-            row.push(token);
-        }
+            .unwrap()
+            .to_vec2()
+            .unwrap())
     }
-    rows
+}
+
+fn rules(bart: &Bart, reference: &Value, run: &Value) -> StepRules {
+    let c = bart.config();
+    let number = |v: &Value| v.as_u64().map(|n| n as usize);
+    StepRules {
+        eos_token_id: c.eos_token_id,
+        max_length: number(&run["max_length"]).unwrap(),
+        min_length: number(&run["min_length"]).unwrap_or(0),
+        no_repeat_ngram_size: number(&run["no_repeat_ngram_size"]).unwrap_or(0),
+        forced_bos_token_id: reference["generate_extra"]["forced_bos_token_id"]
+            .as_u64()
+            .map(|t| t as u32),
+        forced_eos_token_id: c.forced_eos_token_id,
+    }
 }
 
 #[test]
@@ -106,11 +107,53 @@ fn greedy_generation_gives_transformers_token_ids() {
         let (bart, reference) = fixture(name);
         let input = tensor(&ids(&reference["encoder_input_ids"]));
         let mask = tensor(&ids(&reference["attention_mask"]));
-        let max_length = reference["greedy"]["max_length"].as_u64().unwrap() as usize;
-        let forced_bos = reference["generate_extra"]["forced_bos_token_id"]
-            .as_u64()
-            .map(|t| t as u32);
-        let got = greedy(&bart, &input, &mask, max_length, forced_bos);
-        assert_eq!(got, ids(&reference["greedy"]["sequences"]), "{name}");
+        for run in ["greedy", "greedy_no_repeat"] {
+            let starts = vec![vec![bart.config().decoder_start_token_id]; input.dim(0).unwrap()];
+            let rules = rules(&bart, &reference, &reference[run]);
+            let got = greedy_search(
+                starts,
+                &rules,
+                bart.config().pad_token_id,
+                scorer(&bart, &input, &mask, 1),
+            )
+            .unwrap();
+            assert_eq!(got, ids(&reference[run]["sequences"]), "{name} {run}");
+        }
+    }
+}
+
+#[test]
+fn beam_search_gives_transformers_token_ids_and_scores() {
+    for name in CHECKPOINTS {
+        let (bart, reference) = fixture(name);
+        let run = &reference["beam"];
+        let input = tensor(&ids(&reference["encoder_input_ids"]));
+        let mask = tensor(&ids(&reference["attention_mask"]));
+        let settings = BeamSettings {
+            num_beams: run["num_beams"].as_u64().unwrap() as usize,
+            length_penalty: run["length_penalty"].as_f64().unwrap() as f32,
+            early_stopping: run["early_stopping"].as_bool().unwrap(),
+            num_return_sequences: run["num_return_sequences"].as_u64().unwrap() as usize,
+            pad_token_id: bart.config().pad_token_id,
+        };
+        let starts = vec![vec![bart.config().decoder_start_token_id]; input.dim(0).unwrap()];
+        let rules = rules(&bart, &reference, run);
+        let got = beam_search(
+            starts,
+            &rules,
+            &settings,
+            scorer(&bart, &input, &mask, settings.num_beams),
+        )
+        .unwrap();
+        let tokens: Vec<Vec<u32>> = got.iter().flatten().map(|h| h.tokens.clone()).collect();
+        assert_eq!(tokens, ids(&run["sequences"]), "{name}");
+        let expected: Vec<f32> = serde_json::from_value(run["sequences_scores"].clone()).unwrap();
+        for (h, e) in got.iter().flatten().zip(&expected) {
+            assert!(
+                (h.score - e).abs() < 1e-4,
+                "{name}: score {} vs {e}",
+                h.score
+            );
+        }
     }
 }
