@@ -3,10 +3,14 @@
 //!
 //! Today: [`bart`], `BartForConditionalGeneration` written on candle, and
 //! [`decoding`], greedy and beam search with transformers' semantics, both
-//! checked against Hugging Face transformers. The `Generator` trait, KV
-//! caches and GGUF decoder LLMs come with the rest of issue 4.
+//! checked against Hugging Face transformers; and [`gguf`], decoder LLMs from
+//! GGUF files (llama and Gemma 3 families), one sequence at a time for now.
+//! The `Generator` trait, KV caches shared across beams, padded batched
+//! prefill and sampling come with the rest of issue 4.
 
 #![warn(missing_docs)]
 
 pub mod bart;
 pub mod decoding;
+pub mod gemma3;
+pub mod gguf;
