@@ -273,7 +273,8 @@ const MASKED: f32 = -1e9;
 
 impl Bart {
     /// Loads a Hugging Face checkpoint folder (`config.json` and
-    /// `model.safetensors`) in f32.
+    /// `model.safetensors`, or `pytorch_model.bin` as older hub checkpoints
+    /// such as `facebook/bart-large` ship) in f32.
     pub fn load(dir: &Path, device: &Device) -> OperationResult<Bart> {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path)
@@ -281,10 +282,23 @@ impl Bart {
         let config: BartConfig = serde_json::from_str(&text).map_err(|e| {
             OperationError::bad_input(config_path.display().to_string(), e.to_string())
         })?;
-        let weights = dir.join("model.safetensors");
-        // SAFETY: the file is memory-mapped read-only; margin never writes model files while they are loaded.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, device) }
-            .map_err(model_error)?;
+        let safetensors = dir.join("model.safetensors");
+        let pickle = dir.join("pytorch_model.bin");
+        let vb = if safetensors.is_file() {
+            // SAFETY: the file is memory-mapped read-only; margin never writes model files while they are loaded.
+            unsafe { VarBuilder::from_mmaped_safetensors(&[&safetensors], DType::F32, device) }
+        } else if pickle.is_file() {
+            VarBuilder::from_pth(&pickle, DType::F32, device)
+        } else {
+            return Err(OperationError::model(
+                "bart",
+                format!(
+                    "{} has neither model.safetensors nor pytorch_model.bin",
+                    dir.display()
+                ),
+            ));
+        }
+        .map_err(model_error)?;
         Self::from_var_builder(config, vb, device).map_err(model_error)
     }
 

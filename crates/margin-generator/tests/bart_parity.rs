@@ -58,6 +58,30 @@ fn logits_match_transformers_within_1e_4() {
     }
 }
 
+#[test]
+fn a_pytorch_pickle_checkpoint_loads_the_same_weights() {
+    let (safetensors, reference) = fixture("tiny-gelu");
+    let dir = margin_testkit::workspace_root().join("tests/fixtures/bart/tiny-gelu-bin");
+    let pickle = Bart::load(&dir, &Device::Cpu).unwrap();
+    let input = tensor(&ids(&reference["encoder_input_ids"]));
+    let mask = tensor(&ids(&reference["attention_mask"]));
+    let decoder = tensor(&ids(&reference["decoder_input_ids"]));
+    let logits = |bart: &Bart| -> Vec<f32> {
+        let encoded = bart.encode(&input, &mask).unwrap();
+        bart.decode(&decoder, &encoded, &mask)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    assert_eq!(logits(&pickle), logits(&safetensors));
+    let missing = Bart::load(&dir.join("nowhere"), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(missing.contains("config.json"), "{missing}");
+}
+
 /// Next-token log-probabilities of `rows`, row `r` conditioned on input
 /// `r / rows_per_input`, recomputing the decoder over the whole prefix.
 fn scorer<'a>(
