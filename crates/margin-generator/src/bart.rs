@@ -117,18 +117,36 @@ impl Attention {
             .contiguous()
     }
 
-    /// Attends from `x` to `kv` (itself for self-attention); `bias` is added
+    /// Keys and values of `kv`, split into heads.
+    fn keys_values(&self, kv: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((
+            self.split_heads(&self.k_proj.forward(kv)?)?,
+            self.split_heads(&self.v_proj.forward(kv)?)?,
+        ))
+    }
+
+    /// Attends from `x` to heads of keys `k` and values `v`; `bias` is added
     /// to the scores, broadcast over heads: [batch, 1, q_len, kv_len].
-    fn forward(&self, x: &Tensor, kv: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    fn attend(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: &Tensor,
+    ) -> candle_core::Result<Tensor> {
         let (b, l, d) = x.dims3()?;
         let scale = (self.head_dim as f64).powf(-0.5);
         let q = self.split_heads(&(self.q_proj.forward(x)? * scale)?)?;
-        let k = self.split_heads(&self.k_proj.forward(kv)?)?;
-        let v = self.split_heads(&self.v_proj.forward(kv)?)?;
         let scores = q.matmul(&k.t()?)?.broadcast_add(bias)?;
         let weights = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = weights.matmul(&v)?.transpose(1, 2)?.reshape((b, l, d))?;
+        let out = weights.matmul(v)?.transpose(1, 2)?.reshape((b, l, d))?;
         self.out_proj.forward(&out)
+    }
+
+    /// Self-attention over `x` alone.
+    fn forward(&self, x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+        let (k, v) = self.keys_values(x)?;
+        self.attend(x, &k, &v, bias)
     }
 }
 
@@ -176,7 +194,7 @@ impl EncoderLayer {
     fn forward(&self, x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
         let x = self
             .self_attn_layer_norm
-            .forward(&(x + self.self_attn.forward(x, x, bias)?)?)?;
+            .forward(&(x + self.self_attn.forward(x, bias)?)?)?;
         self.final_layer_norm
             .forward(&(&x + self.ffn.forward(&x)?)?)
     }
@@ -193,21 +211,86 @@ struct DecoderLayer {
 }
 
 impl DecoderLayer {
+    /// Runs new positions `x`, extending `cache` (this layer's self-attention
+    /// keys and values so far) and reading the encoder's keys and values.
     fn forward(
         &self,
         x: &Tensor,
         causal: &Tensor,
-        encoder_out: &Tensor,
+        cache: &mut LayerCache,
         cross_bias: &Tensor,
     ) -> candle_core::Result<Tensor> {
-        let x = self
-            .self_attn_layer_norm
-            .forward(&(x + self.self_attn.forward(x, x, causal)?)?)?;
+        let (k, v) = self.self_attn.keys_values(x)?;
+        let (k, v) = match cache.self_kv.take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        let attended = self.self_attn.attend(x, &k, &v, causal)?;
+        cache.self_kv = Some((k, v));
+        let x = self.self_attn_layer_norm.forward(&(x + attended)?)?;
+        let (ck, cv) = &cache.cross_kv;
         let x = self
             .encoder_attn_layer_norm
-            .forward(&(&x + self.encoder_attn.forward(&x, encoder_out, cross_bias)?)?)?;
+            .forward(&(&x + self.encoder_attn.attend(&x, ck, cv, cross_bias)?)?)?;
         self.final_layer_norm
             .forward(&(&x + self.ffn.forward(&x)?)?)
+    }
+}
+
+/// One decoder layer's keys and values: self-attention's so far, and the
+/// encoder output's (computed once per input).
+#[derive(Debug, Clone)]
+struct LayerCache {
+    self_kv: Option<(Tensor, Tensor)>,
+    cross_kv: (Tensor, Tensor),
+}
+
+/// What incremental decoding keeps between steps, one row per hypothesis.
+#[derive(Debug, Clone)]
+pub struct DecoderState {
+    layers: Vec<LayerCache>,
+    cross_bias: Tensor,
+    /// Decoder positions already run.
+    len: usize,
+}
+
+impl DecoderState {
+    /// The state with rows taken from `rows` of this one (beam search's
+    /// reorder and duplication: row `i` of the result is row `rows[i]`).
+    pub fn select_rows(&self, rows: &[u32]) -> OperationResult<DecoderState> {
+        (|| {
+            let index = Tensor::new(rows, self.cross_bias.device())?;
+            let pick = |t: &Tensor| t.index_select(&index, 0);
+            let layers = self
+                .layers
+                .iter()
+                .map(|l| {
+                    Ok(LayerCache {
+                        self_kv: match &l.self_kv {
+                            Some((k, v)) => Some((pick(k)?, pick(v)?)),
+                            None => None,
+                        },
+                        cross_kv: (pick(&l.cross_kv.0)?, pick(&l.cross_kv.1)?),
+                    })
+                })
+                .collect::<candle_core::Result<_>>()?;
+            Ok::<_, candle_core::Error>(DecoderState {
+                layers,
+                cross_bias: pick(&self.cross_bias)?,
+                len: self.len,
+            })
+        })()
+        .map_err(model_error)
+    }
+
+    /// Decoder positions already run.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no decoder position has been run yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -387,6 +470,60 @@ impl Bart {
         .map_err(model_error)
     }
 
+    /// A decoder state over `encoder_out` (one row per input), before any
+    /// decoder token.
+    pub fn start_decoding(
+        &self,
+        encoder_out: &Tensor,
+        attention_mask: &Tensor,
+    ) -> OperationResult<DecoderState> {
+        (|| {
+            let layers = self
+                .decoder_layers
+                .iter()
+                .map(|layer| {
+                    Ok(LayerCache {
+                        self_kv: None,
+                        cross_kv: layer.encoder_attn.keys_values(encoder_out)?,
+                    })
+                })
+                .collect::<candle_core::Result<_>>()?;
+            Ok::<_, candle_core::Error>(DecoderState {
+                layers,
+                cross_bias: Self::padding_bias(attention_mask)?,
+                len: 0,
+            })
+        })()
+        .map_err(model_error)
+    }
+
+    /// Runs `tokens` [rows, n] after what `state` holds and returns the
+    /// logits [rows, n, vocab] of the token after each; `state` then holds them too.
+    pub fn decode_step(
+        &self,
+        state: &mut DecoderState,
+        tokens: &Tensor,
+    ) -> OperationResult<Tensor> {
+        (|| {
+            let (n, past) = (tokens.dim(1)?, state.len);
+            // New position i (absolute past + i) sees keys 0..=past + i.
+            let causal: Vec<f32> = (0..n)
+                .flat_map(|i| (0..past + n).map(move |j| if j > past + i { MASKED } else { 0.0 }))
+                .collect();
+            let causal = Tensor::from_vec(causal, (1, 1, n, past + n), &self.device)?;
+            let mut x = self
+                .decoder_embeddings
+                .forward(&self.shared, tokens, past)?;
+            for (layer, cache) in self.decoder_layers.iter().zip(&mut state.layers) {
+                x = layer.forward(&x, &causal, cache, &state.cross_bias)?;
+            }
+            state.len += n;
+            x.broadcast_matmul(&self.shared.embeddings().t()?)?
+                .broadcast_add(&self.final_logits_bias)
+        })()
+        .map_err(model_error)
+    }
+
     /// Next-token logits [batch, dec_len, vocab] for teacher-forced
     /// `decoder_input_ids` over `encoder_out`.
     pub fn decode(
@@ -395,23 +532,8 @@ impl Bart {
         encoder_out: &Tensor,
         attention_mask: &Tensor,
     ) -> OperationResult<Tensor> {
-        (|| {
-            let len = decoder_input_ids.dim(1)?;
-            let causal: Vec<f32> = (0..len)
-                .flat_map(|i| (0..len).map(move |j| if j > i { MASKED } else { 0.0 }))
-                .collect();
-            let causal = Tensor::from_vec(causal, (1, 1, len, len), &self.device)?;
-            let cross = Self::padding_bias(attention_mask)?;
-            let mut x = self
-                .decoder_embeddings
-                .forward(&self.shared, decoder_input_ids, 0)?;
-            for layer in &self.decoder_layers {
-                x = layer.forward(&x, &causal, encoder_out, &cross)?;
-            }
-            let logits = x.broadcast_matmul(&self.shared.embeddings().t()?)?;
-            logits.broadcast_add(&self.final_logits_bias)
-        })()
-        .map_err(model_error)
+        let mut state = self.start_decoding(encoder_out, attention_mask)?;
+        self.decode_step(&mut state, decoder_input_ids)
     }
 
     /// Log-probabilities of the next token after each prefix: log-softmax of [`Bart::decode`].
@@ -423,5 +545,86 @@ impl Bart {
     ) -> OperationResult<Tensor> {
         let logits = self.decode(decoder_input_ids, encoder_out, attention_mask)?;
         candle_nn::ops::log_softmax(&logits, D::Minus1).map_err(model_error)
+    }
+}
+
+/// Next-token log-probabilities for [`crate::decoding`], computed
+/// incrementally: each call runs only the newest token of every row, after
+/// reordering the cached state to the rows' parents (found by prefix, as
+/// beam search extends, drops and duplicates rows).
+pub struct IncrementalScorer<'a> {
+    bart: &'a Bart,
+    encoded: Tensor,
+    attention_mask: Tensor,
+    rows_per_input: usize,
+    previous: Option<(Vec<Vec<u32>>, DecoderState)>,
+}
+
+impl<'a> IncrementalScorer<'a> {
+    /// Encodes the inputs once; `rows_per_input` rows (beams) will be asked
+    /// for each input, row `i * rows_per_input + j` belonging to input `i`.
+    pub fn new(
+        bart: &'a Bart,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+        rows_per_input: usize,
+    ) -> OperationResult<IncrementalScorer<'a>> {
+        Ok(IncrementalScorer {
+            encoded: bart.encode(input_ids, attention_mask)?,
+            attention_mask: attention_mask.clone(),
+            bart,
+            rows_per_input,
+            previous: None,
+        })
+    }
+
+    /// Log-probabilities of the token after each of `rows`.
+    pub fn next_log_probs(&mut self, rows: &[Vec<u32>]) -> OperationResult<Vec<Vec<f32>>> {
+        let device = self.encoded.device().clone();
+        let (mut state, new_tokens) = match self.previous.take() {
+            None => {
+                let of_input: Vec<u32> = (0..rows.len())
+                    .map(|r| (r / self.rows_per_input) as u32)
+                    .collect();
+                let index = Tensor::new(of_input, &device).map_err(model_error)?;
+                let encoded = self.encoded.index_select(&index, 0).map_err(model_error)?;
+                let mask = self
+                    .attention_mask
+                    .index_select(&index, 0)
+                    .map_err(model_error)?;
+                (self.bart.start_decoding(&encoded, &mask)?, rows.to_vec())
+            }
+            Some((old_rows, old_state)) => {
+                let parents = rows
+                    .iter()
+                    .enumerate()
+                    .map(|(r, row)| {
+                        let input = r / self.rows_per_input;
+                        let prefix = &row[..row.len() - 1];
+                        (0..old_rows.len())
+                            .find(|&p| p / self.rows_per_input == input && old_rows[p] == prefix)
+                            .map(|p| p as u32)
+                            .ok_or_else(|| {
+                                OperationError::bad_input(
+                                    "decoding",
+                                    format!("row {r} extends no row of the previous step"),
+                                )
+                            })
+                    })
+                    .collect::<OperationResult<Vec<u32>>>()?;
+                let tokens = rows.iter().map(|row| vec![row[row.len() - 1]]).collect();
+                (old_state.select_rows(&parents)?, tokens)
+            }
+        };
+        let tokens = Tensor::new(new_tokens, &device).map_err(model_error)?;
+        let logits = self.bart.decode_step(&mut state, &tokens)?;
+        let last = logits.dim(1).map_err(model_error)? - 1;
+        let log_probs = (|| {
+            let last = logits.narrow(1, last, 1)?.squeeze(1)?;
+            candle_nn::ops::log_softmax(&last, D::Minus1)?.to_vec2::<f32>()
+        })()
+        .map_err(model_error)?;
+        self.previous = Some((rows.to_vec(), state));
+        Ok(log_probs)
     }
 }

@@ -1,12 +1,14 @@
 //! BART on candle against Hugging Face transformers, on the tiny random
 //! checkpoints of tests/fixtures/bart (made by make_bart_reference.py):
 //! logits of teacher-forced decoding, greedy search (plain, and with
-//! no-repeat n-grams and a minimum length) and beam search.
+//! no-repeat n-grams and a minimum length) and beam search, each both
+//! recomputing the decoder over the whole prefix and incrementally with the
+//! cached, reordered decoder state.
 
 use std::path::PathBuf;
 
 use candle_core::{Device, Tensor};
-use margin_generator::bart::Bart;
+use margin_generator::bart::{Bart, IncrementalScorer};
 use margin_generator::decoding::{beam_search, greedy_search, BeamSettings, StepRules};
 use serde_json::Value;
 
@@ -134,14 +136,15 @@ fn greedy_generation_gives_transformers_token_ids() {
         for run in ["greedy", "greedy_no_repeat"] {
             let starts = vec![vec![bart.config().decoder_start_token_id]; input.dim(0).unwrap()];
             let rules = rules(&bart, &reference, &reference[run]);
-            let got = greedy_search(
-                starts,
-                &rules,
-                bart.config().pad_token_id,
-                scorer(&bart, &input, &mask, 1),
-            )
-            .unwrap();
-            assert_eq!(got, ids(&reference[run]["sequences"]), "{name} {run}");
+            let expected = ids(&reference[run]["sequences"]);
+            let pad = bart.config().pad_token_id;
+            let full = scorer(&bart, &input, &mask, 1);
+            let got = greedy_search(starts.clone(), &rules, pad, full).unwrap();
+            assert_eq!(got, expected, "{name} {run}");
+            let mut cached = IncrementalScorer::new(&bart, &input, &mask, 1).unwrap();
+            let got =
+                greedy_search(starts, &rules, pad, |rows| cached.next_log_probs(rows)).unwrap();
+            assert_eq!(got, expected, "{name} {run}, incremental");
         }
     }
 }
@@ -162,22 +165,24 @@ fn beam_search_gives_transformers_token_ids_and_scores() {
         };
         let starts = vec![vec![bart.config().decoder_start_token_id]; input.dim(0).unwrap()];
         let rules = rules(&bart, &reference, run);
-        let got = beam_search(
-            starts,
-            &rules,
-            &settings,
-            scorer(&bart, &input, &mask, settings.num_beams),
-        )
-        .unwrap();
-        let tokens: Vec<Vec<u32>> = got.iter().flatten().map(|h| h.tokens.clone()).collect();
-        assert_eq!(tokens, ids(&run["sequences"]), "{name}");
         let expected: Vec<f32> = serde_json::from_value(run["sequences_scores"].clone()).unwrap();
-        for (h, e) in got.iter().flatten().zip(&expected) {
-            assert!(
-                (h.score - e).abs() < 1e-4,
-                "{name}: score {} vs {e}",
-                h.score
-            );
+        let full = scorer(&bart, &input, &mask, settings.num_beams);
+        let full = beam_search(starts.clone(), &rules, &settings, full).unwrap();
+        let mut cached = IncrementalScorer::new(&bart, &input, &mask, settings.num_beams).unwrap();
+        let incremental = beam_search(starts, &rules, &settings, |rows| {
+            cached.next_log_probs(rows)
+        })
+        .unwrap();
+        for (how, got) in [("full recompute", full), ("incremental", incremental)] {
+            let tokens: Vec<Vec<u32>> = got.iter().flatten().map(|h| h.tokens.clone()).collect();
+            assert_eq!(tokens, ids(&run["sequences"]), "{name}, {how}");
+            for (h, e) in got.iter().flatten().zip(&expected) {
+                assert!(
+                    (h.score - e).abs() < 1e-4,
+                    "{name}, {how}: score {} vs {e}",
+                    h.score
+                );
+            }
         }
     }
 }
