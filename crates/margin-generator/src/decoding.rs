@@ -1,4 +1,4 @@
-//! Greedy and beam search over any model that gives next-token
+//! Greedy search, beam search and nucleus sampling over any model that gives next-token
 //! log-probabilities for a batch of rows, with Hugging Face's semantics
 //! (logits processors, beam bookkeeping, length penalty, early stopping), so
 //! that margin's outputs can be checked token for token against transformers.
@@ -88,6 +88,90 @@ pub fn greedy_search(
         }
     }
     Ok(rows)
+}
+
+/// How tokens are sampled.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingSettings {
+    /// Log-probabilities are divided by this before sampling (> 0).
+    pub temperature: f32,
+    /// Nucleus: sample from the fewest most likely tokens whose probability
+    /// adds up to at least this (0 < top_p <= 1).
+    pub top_p: f32,
+    /// Seed of the random generator: the same seed gives the same output.
+    pub seed: u64,
+}
+
+/// Like [`greedy_search`], but each token is drawn from the temperature-
+/// scaled nucleus of the distribution.
+pub fn sample_search(
+    starts: Vec<Vec<u32>>,
+    rules: &StepRules,
+    pad_token_id: u32,
+    settings: SamplingSettings,
+    mut next_log_probs: impl FnMut(&[Vec<u32>]) -> OperationResult<Vec<Vec<f32>>>,
+) -> OperationResult<Vec<Vec<u32>>> {
+    use rand::SeedableRng;
+    if !(settings.temperature > 0.0 && settings.temperature.is_finite()) {
+        return Err(margin_core::OperationError::bad_input(
+            "temperature",
+            "must be a number above 0",
+        ));
+    }
+    if !(settings.top_p > 0.0 && settings.top_p <= 1.0) {
+        return Err(margin_core::OperationError::bad_input(
+            "top_p",
+            "must be above 0 and at most 1",
+        ));
+    }
+    let mut rng = rand::rngs::StdRng::seed_from_u64(settings.seed);
+    let mut rows = starts;
+    let mut done = vec![false; rows.len()];
+    while rows.first().is_some_and(|r| r.len() < rules.max_length) && !done.iter().all(|d| *d) {
+        let mut scores = next_log_probs(&rows)?;
+        for ((row, log_probs), finished) in rows.iter_mut().zip(&mut scores).zip(&mut done) {
+            let token = if *finished {
+                pad_token_id
+            } else {
+                rules.apply(row, log_probs);
+                sample_nucleus(log_probs, settings, &mut rng)
+            };
+            *finished |= token == rules.eos_token_id;
+            row.push(token);
+        }
+    }
+    Ok(rows)
+}
+
+/// Draws a token from softmax(log_probs / temperature) cut to its top-p nucleus.
+fn sample_nucleus(log_probs: &[f32], settings: SamplingSettings, rng: &mut impl rand::Rng) -> u32 {
+    let scaled: Vec<f32> = log_probs.iter().map(|p| p / settings.temperature).collect();
+    let max = scaled.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let weights: Vec<f32> = scaled.iter().map(|s| (s - max).exp()).collect();
+    let total: f32 = weights.iter().sum();
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.sort_by(|&a, &b| weights[b].total_cmp(&weights[a]).then(a.cmp(&b)));
+    let mut nucleus = Vec::new();
+    let mut mass = 0.0;
+    for token in order {
+        nucleus.push(token);
+        mass += weights[token] / total;
+        if mass >= settings.top_p {
+            break;
+        }
+    }
+    let kept: f32 = nucleus.iter().map(|&t| weights[t]).sum();
+    let mut draw = rng.random::<f32>() * kept;
+    for &token in &nucleus {
+        draw -= weights[token];
+        if draw <= 0.0 {
+            return token as u32;
+        }
+    }
+    // Rounding can leave a sliver of mass: it belongs to the last kept token.
+    *nucleus
+        .last()
+        .expect("the nucleus holds at least one token") as u32
 }
 
 fn argmax(values: &[f32]) -> u32 {
@@ -328,6 +412,91 @@ mod tests {
             vec![0, 1, 3, 4, 5],
             "EOS forced at max_length"
         );
+    }
+
+    fn distribution() -> Vec<f32> {
+        [0.5f32, 0.3, 0.15, 0.05].iter().map(|p| p.ln()).collect()
+    }
+
+    #[test]
+    fn sampling_follows_the_distribution_and_its_nucleus() {
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let mut counts = [0usize; 4];
+        let all = SamplingSettings {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: 0,
+        };
+        for _ in 0..20_000 {
+            counts[sample_nucleus(&distribution(), all, &mut rng) as usize] += 1;
+        }
+        for (count, p) in counts.iter().zip([0.5, 0.3, 0.15, 0.05]) {
+            assert!((*count as f64 / 20_000.0 - p).abs() < 0.015, "{counts:?}");
+        }
+        // top_p 0.7: the nucleus is {0, 1} (0.5 + 0.3 >= 0.7), renormalised.
+        let nucleus = SamplingSettings { top_p: 0.7, ..all };
+        let mut counts = [0usize; 4];
+        for _ in 0..20_000 {
+            counts[sample_nucleus(&distribution(), nucleus, &mut rng) as usize] += 1;
+        }
+        assert_eq!(counts[2] + counts[3], 0);
+        assert!(
+            (counts[0] as f64 / 20_000.0 - 0.625).abs() < 0.015,
+            "{counts:?}"
+        );
+        // A tiny top_p or temperature leaves only the most likely token.
+        for narrow in [
+            SamplingSettings { top_p: 1e-6, ..all },
+            SamplingSettings {
+                temperature: 1e-4,
+                ..all
+            },
+        ] {
+            assert!((0..200).all(|_| sample_nucleus(&distribution(), narrow, &mut rng) == 0));
+        }
+    }
+
+    #[test]
+    fn sampling_is_reproducible_per_seed() {
+        let model = |rows: &[Vec<u32>]| -> OperationResult<Vec<Vec<f32>>> {
+            Ok(rows
+                .iter()
+                .map(|_| {
+                    let mut p = vec![(0.1f32).ln(); 6];
+                    p[2] = (0.5f32).ln();
+                    p
+                })
+                .collect())
+        };
+        let rules = StepRules {
+            eos_token_id: 2,
+            max_length: 12,
+            ..StepRules::default()
+        };
+        let run = |seed| {
+            let settings = SamplingSettings {
+                temperature: 1.0,
+                top_p: 1.0,
+                seed,
+            };
+            sample_search(vec![vec![0]; 4], &rules, 1, settings, model).unwrap()
+        };
+        assert_eq!(run(7), run(7));
+        assert_ne!(run(7), run(8));
+        for (temperature, top_p, field) in [
+            (0.0, 1.0, "temperature"),
+            (1.0, 0.0, "top_p"),
+            (1.0, 1.5, "top_p"),
+        ] {
+            let settings = SamplingSettings {
+                temperature,
+                top_p,
+                seed: 0,
+            };
+            let err = sample_search(vec![vec![0]], &rules, 1, settings, model).unwrap_err();
+            assert!(err.to_string().starts_with(field), "{err}");
+        }
     }
 
     #[test]
