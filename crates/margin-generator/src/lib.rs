@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod bart;
+pub mod chat;
 pub mod decoding;
 pub mod gemma3;
 pub mod gguf;
