@@ -70,6 +70,8 @@ enum Command {
     Docs(commands::index::ListArgs),
     /// Count documents and passages in each store, and check that they agree.
     Status(commands::index::ListArgs),
+    /// Generate text with a GGUF decoder LLM alone (no retrieval).
+    Generate(commands::generate::GenerateArgs),
     /// Evaluate on a QA set.
     Eval {
         #[command(subcommand)]
@@ -118,6 +120,7 @@ fn main() -> anyhow::Result<()> {
         Command::Rm(a) => commands::index::rm(&config, a),
         Command::Docs(a) => commands::index::docs(&config, a),
         Command::Status(a) => commands::index::status(&config, a),
+        Command::Generate(a) => commands::generate::run(&config, a),
         Command::Eval { action } => commands::eval::run(&config, action),
         Command::Bench { action } => commands::bench::run(&config, action),
     }

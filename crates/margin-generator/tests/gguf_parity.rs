@@ -43,6 +43,22 @@ fn next_token_distributions_match_transformers() {
                 compared += 1;
             }
         }
+        // Stepping one token at a time through the model's cache gives what a
+        // fresh run over the whole sequence gives.
+        let ids: Vec<u32> = serde_json::from_value(prompts[0]["ids"].clone()).unwrap();
+        let fresh = llm.next_token_log_probs(&ids).unwrap();
+        llm.next_token_log_probs(&ids[..1]).unwrap();
+        for end in 2..=ids.len() {
+            let stepped = llm.next_token_log_probs(&ids[..end]).unwrap();
+            if end == ids.len() {
+                let worst = stepped
+                    .iter()
+                    .zip(&fresh)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f32::max);
+                assert!(worst < 1e-3, "{name}: cached stepping differs by {worst}");
+            }
+        }
         let agreement = same_top1 as f64 / prompts.len() as f64;
         eprintln!(
             "{name}: top-1 agreement {same_top1}/{} ({:.0} %), mean |Δ log p| over the reference top-10 = {:.4}",

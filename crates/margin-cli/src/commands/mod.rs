@@ -5,6 +5,7 @@ pub mod bench_search;
 pub mod config;
 pub mod embed;
 pub mod eval;
+pub mod generate;
 pub mod index;
 pub mod ingest;
 pub mod models;
