@@ -70,24 +70,9 @@ pub fn greedy_search(
     starts: Vec<Vec<u32>>,
     rules: &StepRules,
     pad_token_id: u32,
-    mut next_log_probs: impl FnMut(&[Vec<u32>]) -> OperationResult<Vec<Vec<f32>>>,
+    next_log_probs: impl FnMut(&[Vec<u32>]) -> OperationResult<Vec<Vec<f32>>>,
 ) -> OperationResult<Vec<Vec<u32>>> {
-    let mut rows = starts;
-    let mut done = vec![false; rows.len()];
-    while rows.first().is_some_and(|r| r.len() < rules.max_length) && !done.iter().all(|d| *d) {
-        let mut scores = next_log_probs(&rows)?;
-        for ((row, log_probs), finished) in rows.iter_mut().zip(&mut scores).zip(&mut done) {
-            let token = if *finished {
-                pad_token_id
-            } else {
-                rules.apply(row, log_probs);
-                argmax(log_probs)
-            };
-            *finished |= token == rules.eos_token_id;
-            row.push(token);
-        }
-    }
-    Ok(rows)
+    extend_rows(starts, rules, pad_token_id, argmax, next_log_probs)
 }
 
 /// How tokens are sampled.
@@ -109,7 +94,7 @@ pub fn sample_search(
     rules: &StepRules,
     pad_token_id: u32,
     settings: SamplingSettings,
-    mut next_log_probs: impl FnMut(&[Vec<u32>]) -> OperationResult<Vec<Vec<f32>>>,
+    next_log_probs: impl FnMut(&[Vec<u32>]) -> OperationResult<Vec<Vec<f32>>>,
 ) -> OperationResult<Vec<Vec<u32>>> {
     use rand::SeedableRng;
     if !(settings.temperature > 0.0 && settings.temperature.is_finite()) {
@@ -125,6 +110,19 @@ pub fn sample_search(
         ));
     }
     let mut rng = rand::rngs::StdRng::seed_from_u64(settings.seed);
+    let choose = |log_probs: &[f32]| sample_nucleus(log_probs, settings, &mut rng);
+    extend_rows(starts, rules, pad_token_id, choose, next_log_probs)
+}
+
+/// Extends every row by one `choose`n token a step until each has produced
+/// EOS (then padded) or `max_length` is reached.
+fn extend_rows(
+    starts: Vec<Vec<u32>>,
+    rules: &StepRules,
+    pad_token_id: u32,
+    mut choose: impl FnMut(&[f32]) -> u32,
+    mut next_log_probs: impl FnMut(&[Vec<u32>]) -> OperationResult<Vec<Vec<f32>>>,
+) -> OperationResult<Vec<Vec<u32>>> {
     let mut rows = starts;
     let mut done = vec![false; rows.len()];
     while rows.first().is_some_and(|r| r.len() < rules.max_length) && !done.iter().all(|d| *d) {
@@ -134,7 +132,7 @@ pub fn sample_search(
                 pad_token_id
             } else {
                 rules.apply(row, log_probs);
-                sample_nucleus(log_probs, settings, &mut rng)
+                choose(log_probs)
             };
             *finished |= token == rules.eos_token_id;
             row.push(token);
