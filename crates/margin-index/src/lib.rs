@@ -410,7 +410,7 @@ impl Index {
             let registry = self.read_registry();
             let passages: u64 = registry.documents().map(|r| r.passages as u64).sum();
             let documents = registry.documents().len();
-            (documents, passages, registry.pending().len())
+            (documents, passages, registry.pending_count())
         };
         let dense_points = self.vectors.count()?;
         let bm25_passages = self.bm25.num_passages();

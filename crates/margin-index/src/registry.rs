@@ -236,6 +236,11 @@ impl Registry {
         self.documents.values()
     }
 
+    /// Number of versions whose passages may linger in a store.
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
     /// Versions whose passages may linger in a store.
     pub fn pending(&self) -> Vec<DocVersion> {
         self.pending.iter().cloned().collect()

@@ -111,7 +111,7 @@ impl Index {
     /// How many hits to ask a store for so that `depth` survive filtering:
     /// while versions are pending, stale passages may take places.
     fn fetch_depth(&self, depth: usize) -> usize {
-        if self.read_registry().pending().is_empty() {
+        if self.read_registry().pending_count() == 0 {
             depth
         } else {
             depth * 2

@@ -12,7 +12,9 @@ use qdrant_edge::{
     SearchParams, UpdateOperation, VectorInternal, Vectors, WithPayloadInterface, WithVector,
 };
 
-use crate::vector::{payload, DenseSearch, DocVersion, PassagePoint, StoredHit, VectorStore};
+use crate::vector::{
+    check_dim, payload, DenseSearch, DocVersion, PassagePoint, StoredHit, VectorStore,
+};
 
 /// Name of margin's one dense vector in the shard.
 const VECTOR: &str = "dense";
@@ -139,16 +141,7 @@ impl VectorStore for EdgeStore {
         }
         let mut batch: Vec<PointStructPersisted> = Vec::with_capacity(points.len());
         for point in points {
-            if point.vector.len() != self.options.dim {
-                return Err(OperationError::bad_input(
-                    &point.passage.id,
-                    format!(
-                        "vector has {} dimensions, the store {}",
-                        point.vector.len(),
-                        self.options.dim
-                    ),
-                ));
-            }
+            check_dim(&point.passage.id, point.vector.len(), self.options.dim)?;
             batch.push(
                 PointStruct::new(
                     PointId::Uuid(point.point_uuid()),
@@ -191,16 +184,7 @@ impl VectorStore for EdgeStore {
     }
 
     fn search(&self, query: &[f32], search: DenseSearch) -> OperationResult<Vec<StoredHit>> {
-        if query.len() != self.options.dim {
-            return Err(OperationError::bad_input(
-                "query vector",
-                format!(
-                    "has {} dimensions, the store {}",
-                    query.len(),
-                    self.options.dim
-                ),
-            ));
-        }
+        check_dim("query", query.len(), self.options.dim)?;
         let hits = self
             .shard
             .query(QueryRequest {

@@ -18,7 +18,9 @@ use qdrant_client::qdrant::{
 };
 use qdrant_client::{Payload, Qdrant, QdrantError};
 
-use crate::vector::{payload, DenseSearch, DocVersion, PassagePoint, StoredHit, VectorStore};
+use crate::vector::{
+    check_dim, payload, DenseSearch, DocVersion, PassagePoint, StoredHit, VectorStore,
+};
 
 /// Wait before the second attempt of a request; doubled before each next one.
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
@@ -392,19 +394,6 @@ impl QdrantStore {
             format!("{what}: the server's reply has no result"),
         )
     }
-
-    fn check_dim(&self, what: &str, len: usize) -> OperationResult<()> {
-        if len == self.options.dim {
-            return Ok(());
-        }
-        Err(OperationError::bad_input(
-            what,
-            format!(
-                "vector has {len} dimensions, the store {}",
-                self.options.dim
-            ),
-        ))
-    }
 }
 
 impl VectorStore for QdrantStore {
@@ -418,7 +407,7 @@ impl VectorStore for QdrantStore {
 
     fn upsert(&self, points: &[PassagePoint<'_>]) -> OperationResult<()> {
         for point in points {
-            self.check_dim(&point.passage.id, point.vector.len())?;
+            check_dim(&point.passage.id, point.vector.len(), self.options.dim)?;
         }
         for batch in points.chunks(self.options.upsert_batch) {
             let batch: Vec<PointStruct> = batch
@@ -467,7 +456,7 @@ impl VectorStore for QdrantStore {
     }
 
     fn search(&self, query: &[f32], search: DenseSearch) -> OperationResult<Vec<StoredHit>> {
-        self.check_dim("query", query.len())?;
+        check_dim("query", query.len(), self.options.dim)?;
         // Qdrant refuses a limit of 0.
         if search.k == 0 {
             return Ok(Vec::new());

@@ -103,6 +103,18 @@ pub trait VectorStore: Send + Sync {
     fn count(&self) -> OperationResult<u64>;
 }
 
+/// Refuses a vector of `len` dimensions for a store of `dim`, naming `what`
+/// (a passage id, or the query).
+pub(crate) fn check_dim(what: &str, len: usize, dim: usize) -> OperationResult<()> {
+    if len == dim {
+        return Ok(());
+    }
+    Err(margin_core::OperationError::bad_input(
+        what,
+        format!("vector has {len} dimensions, the store {dim}"),
+    ))
+}
+
 /// Payload keys shared by the Qdrant backends.
 pub(crate) mod payload {
     use super::*;
