@@ -150,7 +150,7 @@ impl Gemma3 {
         Tensor::from_vec(values, (1, 1, len, len), &self.device)
     }
 
-    fn attention(&self, layer: &Layer, x: &Tensor) -> Result<Tensor> {
+    fn attention(&self, layer: &Layer, x: &Tensor, tables: &PositionTables) -> Result<Tensor> {
         let (b, len, _) = x.dims3()?;
         let split = |t: Tensor, heads: usize| {
             t.reshape((b, len, heads, self.head_dim))?
@@ -164,13 +164,13 @@ impl Gemma3 {
             .k_norm
             .forward(&split(layer.k.forward(x)?, self.kv_heads)?)?;
         let v = split(layer.v.forward(x)?, self.kv_heads)?;
-        let (cos, sin) = self.rotary(layer.rope_base, len)?;
-        let q = candle_nn::rotary_emb::rope(&q, &cos, &sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, &cos, &sin)?;
+        let (cos, sin, mask) = tables.for_layer(layer);
+        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
         let k = repeat_kv(k, self.heads / self.kv_heads)?.contiguous()?;
         let v = repeat_kv(v, self.heads / self.kv_heads)?.contiguous()?;
         let scores = (q.matmul(&k.t()?)? / (self.head_dim as f64).sqrt())?;
-        let scores = scores.broadcast_add(&self.mask(len, layer.window)?)?;
+        let scores = scores.broadcast_add(mask)?;
         let out = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
         layer.o.forward(
             &out.transpose(1, 2)?
@@ -186,8 +186,10 @@ impl Gemma3 {
             .index_select(&ids.flatten_all()?, 0)?
             .reshape((b, len, self.hidden))?;
         x = (x * (self.hidden as f64).sqrt())?;
+        // Every layer is local or global: two sets of rotary tables and masks serve all.
+        let tables = PositionTables::new(self, len)?;
         for layer in &self.layers {
-            let attended = self.attention(layer, &layer.attn_norm.forward(&x)?)?;
+            let attended = self.attention(layer, &layer.attn_norm.forward(&x)?, &tables)?;
             x = (&x + layer.post_attn_norm.forward(&attended)?)?;
             let h = layer.ffn_norm.forward(&x)?;
             let gated = (layer.gate.forward(&h)?.gelu()? * layer.up.forward(&h)?)?;
@@ -195,5 +197,40 @@ impl Gemma3 {
         }
         let last = x.narrow(1, len - 1, 1)?.squeeze(1)?;
         self.output.forward(&self.final_norm.forward(&last)?)
+    }
+}
+
+/// Rotary tables and attention masks for one sequence length, for the local
+/// (sliding-window) and the global layers.
+struct PositionTables {
+    local: (Tensor, Tensor, Tensor),
+    global: (Tensor, Tensor, Tensor),
+}
+
+impl PositionTables {
+    fn new(model: &Gemma3, len: usize) -> Result<PositionTables> {
+        let kind = |want_global: bool| -> Result<(Tensor, Tensor, Tensor)> {
+            let layer = model
+                .layers
+                .iter()
+                .find(|l| l.window.is_none() == want_global)
+                .or(model.layers.first())
+                .expect("a model has layers");
+            let (cos, sin) = model.rotary(layer.rope_base, len)?;
+            Ok((cos, sin, model.mask(len, layer.window)?))
+        };
+        Ok(PositionTables {
+            local: kind(false)?,
+            global: kind(true)?,
+        })
+    }
+
+    fn for_layer(&self, layer: &Layer) -> (&Tensor, &Tensor, &Tensor) {
+        let (cos, sin, mask) = if layer.window.is_some() {
+            &self.local
+        } else {
+            &self.global
+        };
+        (cos, sin, mask)
     }
 }
