@@ -6,11 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use candle_core::Device;
+use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
-use margin_core::config::{DeviceKind, StoreKind};
+use margin_core::config::{DTypeKind, DeviceKind, StoreKind};
 use margin_core::{Config, Passage};
 use margin_encoder::{BertEncoder, BertEncoderOptions, Encoder};
+use margin_generator::bart::Bart;
+use margin_generator::chat::ChatTemplate;
+use margin_generator::gguf::GgufModel;
+use margin_generator::Generator;
 use margin_index::{HybridSettings, Index, IndexLock, IndexSettings};
 use margin_ingest::{ingest_paths, Chunker, FileOutcome, IngestReport};
 use margin_models::{ModelStore, Role};
@@ -21,12 +25,99 @@ pub fn device(kind: DeviceKind) -> anyhow::Result<Device> {
     match kind {
         DeviceKind::Cpu => Ok(Device::Cpu),
         DeviceKind::Cuda if cfg!(feature = "cuda") => {
-            Device::new_cuda(0).context("encoder.device = \"cuda\" but no CUDA device could be opened")
+            Device::new_cuda(0).context("device = \"cuda\" but no CUDA device could be opened")
         }
         DeviceKind::Cuda => anyhow::bail!(
-            "encoder.device = \"cuda\" needs a build with `--features cuda`; this binary is CPU-only"
+            "device = \"cuda\" needs a build with `--features cuda`; this binary is CPU-only"
         ),
     }
+}
+
+/// A generator with what turns text into its tokens and back.
+pub struct LoadedGenerator {
+    /// Catalogue name or folder it was loaded from.
+    pub name: String,
+    /// The model.
+    pub model: Box<dyn Generator>,
+    /// Its tokenizer (`tokenizer.json` beside the weights).
+    pub tokenizer: tokenizers::Tokenizer,
+    /// The chat template a GGUF file carries, for decoder-only models.
+    pub chat_template: Option<ChatTemplate>,
+    /// Beginning-of-sequence token to put in front of prompts the tokenizer
+    /// left without one (Gemma).
+    pub prompt_bos: Option<u32>,
+}
+
+impl LoadedGenerator {
+    /// Token ids of `text` as the model takes a prompt.
+    pub fn tokenize(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        let ids = self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| anyhow::anyhow!("tokenizing for {}: {e}", self.name))?
+            .get_ids()
+            .to_vec();
+        Ok(match self.prompt_bos {
+            Some(bos) if ids.first() != Some(&bos) => std::iter::once(bos).chain(ids).collect(),
+            _ => ids,
+        })
+    }
+
+    /// Text of generated `ids`, special tokens left out.
+    pub fn detokenize(&self, ids: &[u32]) -> anyhow::Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| anyhow::anyhow!("decoding {}'s output: {e}", self.name))
+    }
+}
+
+/// The generator `name` (catalogue name or folder; default
+/// `models.generator`), pulled into the cache first if needed: a folder
+/// holding a `.gguf` file is a decoder LLM, one whose `config.json` says
+/// `"model_type": "bart"` a BART checkpoint.
+pub fn generator(config: &Config, name: Option<&str>) -> anyhow::Result<LoadedGenerator> {
+    let name = name.unwrap_or(&config.models.generator).to_string();
+    let dir = ModelStore::from_config(config)?.ensure(&name)?;
+    let device = device(config.generator.device)?;
+    let tokenizer_path = dir.join("tokenizer.json");
+    let tokenizer = tokenizers::Tokenizer::from_file(&tokenizer_path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", tokenizer_path.display()))?;
+    let gguf = std::fs::read_dir(&dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "gguf"));
+    if let Some(gguf) = gguf {
+        let model = GgufModel::load(&name, &gguf, &device)?;
+        return Ok(LoadedGenerator {
+            chat_template: model.chat_template().cloned(),
+            prompt_bos: model.with_bos(vec![]).first().copied(),
+            model: Box::new(model),
+            tokenizer,
+            name,
+        });
+    }
+    let config_path = dir.join("config.json");
+    let model_type = std::fs::read_to_string(&config_path)
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|v| v["model_type"].as_str().map(str::to_string));
+    anyhow::ensure!(
+        model_type.as_deref() == Some("bart"),
+        "model `{name}`: {} holds neither a .gguf file nor a BART checkpoint (config.json with \"model_type\": \"bart\")",
+        dir.display()
+    );
+    let dtype = match config.generator.dtype {
+        DTypeKind::F32 => DType::F32,
+        DTypeKind::F16 => DType::F16,
+        DTypeKind::Bf16 => DType::BF16,
+    };
+    Ok(LoadedGenerator {
+        model: Box::new(Bart::load(&dir, &device, dtype)?),
+        tokenizer,
+        chat_template: None,
+        prompt_bos: None,
+        name,
+    })
 }
 
 /// The configured encoder (one shared model, or DPR's question and passage

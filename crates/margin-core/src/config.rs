@@ -32,6 +32,8 @@ pub struct Config {
     pub chunking: ChunkingConfig,
     /// How passages and questions are encoded.
     pub encoder: EncoderConfig,
+    /// Where and in what precision the generator runs.
+    pub generator: GeneratorConfig,
     /// Where vectors live and how they are searched.
     pub retrieval: RetrievalConfig,
     /// Connection to a Qdrant server or cluster.
@@ -123,6 +125,29 @@ pub struct EncoderConfig {
     pub batch_size: usize,
     /// Input length cap in tokens; 0 for the model's maximum.
     pub max_length: usize,
+}
+
+/// `[generator]`: where and in what precision the generator runs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorConfig {
+    /// cpu or cuda.
+    pub device: DeviceKind,
+    /// Precision of unquantised weights and activations (BART): f32, f16 or
+    /// bf16. GGUF models keep their quantised weights and compute in f32.
+    pub dtype: DTypeKind,
+}
+
+/// Floating-point precision of a model's computation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DTypeKind {
+    /// 32-bit floats, the reference.
+    F32,
+    /// IEEE half precision (GPU).
+    F16,
+    /// bfloat16 (GPU).
+    Bf16,
 }
 
 /// Compute devices.

@@ -10,6 +10,11 @@ use candle_nn::{layer_norm, linear, Embedding, LayerNorm, LayerNormConfig, Linea
 use margin_core::{OperationError, OperationResult};
 use serde::Deserialize;
 
+use crate::generator::{
+    check_contexts, check_parents, check_per_row, score_with, Generator, Limits, Session,
+    SpecialTokens,
+};
+
 /// The fields of a Hugging Face BART `config.json` that the forward pass uses.
 #[derive(Debug, Clone, Deserialize)]
 pub struct BartConfig {
@@ -348,6 +353,7 @@ pub struct Bart {
     decoder_layers: Vec<DecoderLayer>,
     final_logits_bias: Tensor,
     device: Device,
+    dtype: DType,
 }
 
 /// Score bias that keeps attention off a position (as transformers, the
@@ -357,8 +363,9 @@ const MASKED: f32 = -1e9;
 impl Bart {
     /// Loads a Hugging Face checkpoint folder (`config.json` and
     /// `model.safetensors`, or `pytorch_model.bin` as older hub checkpoints
-    /// such as `facebook/bart-large` ship) in f32.
-    pub fn load(dir: &Path, device: &Device) -> OperationResult<Bart> {
+    /// such as `facebook/bart-large` ship), computing in `dtype` (f32 is the
+    /// reference; f16 and bf16 are for GPUs).
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> OperationResult<Bart> {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path)
             .map_err(|e| OperationError::io(&config_path, e))?;
@@ -369,9 +376,9 @@ impl Bart {
         let pickle = dir.join("pytorch_model.bin");
         let vb = if safetensors.is_file() {
             // SAFETY: the file is memory-mapped read-only; margin never writes model files while they are loaded.
-            unsafe { VarBuilder::from_mmaped_safetensors(&[&safetensors], DType::F32, device) }
+            unsafe { VarBuilder::from_mmaped_safetensors(&[&safetensors], dtype, device) }
         } else if pickle.is_file() {
-            VarBuilder::from_pth(&pickle, DType::F32, device)
+            VarBuilder::from_pth(&pickle, dtype, device)
         } else {
             return Err(OperationError::model(
                 "bart",
@@ -441,6 +448,7 @@ impl Bart {
             decoder_layers,
             config,
             device: device.clone(),
+            dtype: vb.dtype(),
         })
     }
 
@@ -450,15 +458,18 @@ impl Bart {
     }
 
     /// Additive key bias from a 0/1 mask [batch, kv_len]: [batch, 1, 1, kv_len].
-    fn padding_bias(mask: &Tensor) -> candle_core::Result<Tensor> {
+    fn padding_bias(&self, mask: &Tensor) -> candle_core::Result<Tensor> {
         let mask = mask.to_dtype(DType::F32)?;
-        ((1.0 - mask)? * MASKED as f64)?.unsqueeze(1)?.unsqueeze(1)
+        ((1.0 - mask)? * MASKED as f64)?
+            .to_dtype(self.dtype)?
+            .unsqueeze(1)?
+            .unsqueeze(1)
     }
 
     /// Encodes `input_ids` [batch, len] with its 0/1 `attention_mask`: [batch, len, d].
     pub fn encode(&self, input_ids: &Tensor, attention_mask: &Tensor) -> OperationResult<Tensor> {
         (|| {
-            let bias = Self::padding_bias(attention_mask)?;
+            let bias = self.padding_bias(attention_mask)?;
             let mut x = self
                 .encoder_embeddings
                 .forward(&self.shared, input_ids, 0)?;
@@ -490,7 +501,7 @@ impl Bart {
                 .collect::<candle_core::Result<_>>()?;
             Ok::<_, candle_core::Error>(DecoderState {
                 layers,
-                cross_bias: Self::padding_bias(attention_mask)?,
+                cross_bias: self.padding_bias(attention_mask)?,
                 len: 0,
             })
         })()
@@ -510,7 +521,8 @@ impl Bart {
             let causal: Vec<f32> = (0..n)
                 .flat_map(|i| (0..past + n).map(move |j| if j > past + i { MASKED } else { 0.0 }))
                 .collect();
-            let causal = Tensor::from_vec(causal, (1, 1, n, past + n), &self.device)?;
+            let causal = Tensor::from_vec(causal, (1, 1, n, past + n), &self.device)?
+                .to_dtype(self.dtype)?;
             let mut x = self
                 .decoder_embeddings
                 .forward(&self.shared, tokens, past)?;
@@ -544,87 +556,184 @@ impl Bart {
         attention_mask: &Tensor,
     ) -> OperationResult<Tensor> {
         let logits = self.decode(decoder_input_ids, encoder_out, attention_mask)?;
-        candle_nn::ops::log_softmax(&logits, D::Minus1).map_err(model_error)
+        candle_nn::ops::log_softmax(
+            &logits.to_dtype(DType::F32).map_err(model_error)?,
+            D::Minus1,
+        )
+        .map_err(model_error)
     }
 }
 
-/// Next-token log-probabilities for [`crate::decoding`], computed
-/// incrementally: each call runs only the newest token of every row, after
-/// reordering the cached state to the rows' parents (found by prefix, as
-/// beam search extends, drops and duplicates rows).
-pub struct IncrementalScorer<'a> {
+impl Generator for Bart {
+    fn name(&self) -> &str {
+        "bart"
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.config.vocab_size
+    }
+
+    fn special_tokens(&self) -> SpecialTokens {
+        SpecialTokens {
+            eos: self.config.eos_token_id,
+            pad: self.config.pad_token_id,
+            bos: Some(self.config.bos_token_id),
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_context_tokens: self.config.max_position_embeddings,
+            max_output_tokens: self.config.max_position_embeddings,
+        }
+    }
+
+    fn output_start(&self) -> Vec<u32> {
+        vec![self.config.decoder_start_token_id]
+    }
+
+    fn prepare(&self, contexts: &[Vec<u32>]) -> OperationResult<Box<dyn Session + '_>> {
+        check_contexts("bart", contexts, self.limits(), self.vocab_size())?;
+        let longest = contexts.iter().map(Vec::len).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(contexts.len() * longest);
+        let mut mask = Vec::with_capacity(contexts.len() * longest);
+        for context in contexts {
+            ids.extend(context.iter().copied());
+            ids.extend(std::iter::repeat_n(
+                self.config.pad_token_id,
+                longest - context.len(),
+            ));
+            mask.extend((0..longest).map(|i| u32::from(i < context.len())));
+        }
+        let shape = (contexts.len(), longest);
+        let ids = Tensor::from_vec(ids, shape, &self.device).map_err(model_error)?;
+        let mask = Tensor::from_vec(mask, shape, &self.device).map_err(model_error)?;
+        let encoded = self.encode(&ids, &mask)?;
+        let mut state = self.start_decoding(&encoded, &mask)?;
+        let start = vec![self.output_start(); contexts.len()];
+        let log_probs = self.step_log_probs(&mut state, &start)?;
+        Ok(Box::new(BartSession {
+            bart: self,
+            state,
+            log_probs,
+        }))
+    }
+}
+
+impl Bart {
+    /// Runs `tokens` (one equally long row per state row) and returns the
+    /// log-probabilities [rows, n, vocab] after each.
+    fn step_log_probs(
+        &self,
+        state: &mut DecoderState,
+        tokens: &[Vec<u32>],
+    ) -> OperationResult<Tensor> {
+        if let Some(bad) = tokens
+            .iter()
+            .flatten()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
+            return Err(OperationError::bad_input(
+                "tokens",
+                format!(
+                    "token {bad} is outside the vocabulary of {}",
+                    self.config.vocab_size
+                ),
+            ));
+        }
+        let longest = state.len + tokens.iter().map(Vec::len).max().unwrap_or(0);
+        if longest > self.config.max_position_embeddings {
+            return Err(OperationError::bad_input(
+                "tokens",
+                format!(
+                    "outputs would reach {longest} tokens; bart takes at most {}",
+                    self.config.max_position_embeddings
+                ),
+            ));
+        }
+        let tokens = Tensor::new(tokens.to_vec(), &self.device).map_err(model_error)?;
+        let logits = self.decode_step(state, &tokens)?;
+        candle_nn::ops::log_softmax(
+            &logits.to_dtype(DType::F32).map_err(model_error)?,
+            D::Minus1,
+        )
+        .map_err(model_error)
+    }
+}
+
+/// Rows of a [`Bart`]: the encoder's keys and values, the decoder's cache
+/// and every row's next-token log-probabilities.
+struct BartSession<'a> {
     bart: &'a Bart,
-    encoded: Tensor,
-    attention_mask: Tensor,
-    rows_per_input: usize,
-    previous: Option<(Vec<Vec<u32>>, DecoderState)>,
+    state: DecoderState,
+    /// [rows, n, vocab]: the last position is the next token's.
+    log_probs: Tensor,
 }
 
-impl<'a> IncrementalScorer<'a> {
-    /// Encodes the inputs once; `rows_per_input` rows (beams) will be asked
-    /// for each input, row `i * rows_per_input + j` belonging to input `i`.
-    pub fn new(
-        bart: &'a Bart,
-        input_ids: &Tensor,
-        attention_mask: &Tensor,
-        rows_per_input: usize,
-    ) -> OperationResult<IncrementalScorer<'a>> {
-        Ok(IncrementalScorer {
-            encoded: bart.encode(input_ids, attention_mask)?,
-            attention_mask: attention_mask.clone(),
-            bart,
-            rows_per_input,
-            previous: None,
-        })
+impl BartSession<'_> {
+    fn last(&self) -> candle_core::Result<Tensor> {
+        let n = self.log_probs.dim(1)?;
+        self.log_probs.narrow(1, n - 1, 1)?.squeeze(1)
+    }
+}
+
+impl Session for BartSession<'_> {
+    fn rows(&self) -> usize {
+        self.log_probs.dims()[0]
     }
 
-    /// Log-probabilities of the token after each of `rows`.
-    pub fn next_log_probs(&mut self, rows: &[Vec<u32>]) -> OperationResult<Vec<Vec<f32>>> {
-        let device = self.encoded.device().clone();
-        let (mut state, new_tokens) = match self.previous.take() {
-            None => {
-                let of_input: Vec<u32> = (0..rows.len())
-                    .map(|r| (r / self.rows_per_input) as u32)
-                    .collect();
-                let index = Tensor::new(of_input, &device).map_err(model_error)?;
-                let encoded = self.encoded.index_select(&index, 0).map_err(model_error)?;
-                let mask = self
-                    .attention_mask
-                    .index_select(&index, 0)
-                    .map_err(model_error)?;
-                (self.bart.start_decoding(&encoded, &mask)?, rows.to_vec())
-            }
-            Some((old_rows, old_state)) => {
-                let parents = rows
+    fn log_probs(&self) -> OperationResult<Vec<Vec<f32>>> {
+        self.last().and_then(|t| t.to_vec2()).map_err(model_error)
+    }
+
+    fn select(&mut self, parents: &[usize]) -> OperationResult<()> {
+        check_parents(self.rows(), parents)?;
+        let index: Vec<u32> = parents.iter().map(|&p| p as u32).collect();
+        self.state = self.state.select_rows(&index)?;
+        let index = Tensor::new(index, &self.bart.device).map_err(model_error)?;
+        self.log_probs = self
+            .last()
+            .and_then(|t| t.index_select(&index, 0)?.unsqueeze(1))
+            .map_err(model_error)?;
+        Ok(())
+    }
+
+    fn advance(&mut self, tokens: &[u32]) -> OperationResult<()> {
+        check_per_row(self.rows(), "tokens", tokens.len())?;
+        let rows: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
+        let mut state = self.state.clone();
+        self.log_probs = self.bart.step_log_probs(&mut state, &rows)?;
+        self.state = state;
+        Ok(())
+    }
+
+    fn score(&self, targets: &[Vec<u32>]) -> OperationResult<Vec<Vec<f32>>> {
+        score_with(
+            self,
+            self.bart.config.vocab_size,
+            targets,
+            |inputs, picks| {
+                // Teacher forcing runs all rows equally long: shorter ones are
+                // padded at the end, which the causal mask keeps from mattering.
+                let n = inputs.iter().map(Vec::len).max().unwrap_or(0);
+                let padded: Vec<Vec<u32>> = inputs
                     .iter()
-                    .enumerate()
-                    .map(|(r, row)| {
-                        let input = r / self.rows_per_input;
-                        let prefix = &row[..row.len() - 1];
-                        (0..old_rows.len())
-                            .find(|&p| p / self.rows_per_input == input && old_rows[p] == prefix)
-                            .map(|p| p as u32)
-                            .ok_or_else(|| {
-                                OperationError::bad_input(
-                                    "decoding",
-                                    format!("row {r} extends no row of the previous step"),
-                                )
-                            })
+                    .map(|t| {
+                        let mut t = t.clone();
+                        t.resize(n, self.bart.config.pad_token_id);
+                        t
                     })
-                    .collect::<OperationResult<Vec<u32>>>()?;
-                let tokens = rows.iter().map(|row| vec![row[row.len() - 1]]).collect();
-                (old_state.select_rows(&parents)?, tokens)
-            }
-        };
-        let tokens = Tensor::new(new_tokens, &device).map_err(model_error)?;
-        let logits = self.bart.decode_step(&mut state, &tokens)?;
-        let last = logits.dim(1).map_err(model_error)? - 1;
-        let log_probs = (|| {
-            let last = logits.narrow(1, last, 1)?.squeeze(1)?;
-            candle_nn::ops::log_softmax(&last, D::Minus1)?.to_vec2::<f32>()
-        })()
-        .map_err(model_error)?;
-        self.previous = Some((rows.to_vec(), state));
-        Ok(log_probs)
+                    .collect();
+                let mut state = self.state.clone();
+                let log_probs = self.bart.step_log_probs(&mut state, &padded)?;
+                let index: Vec<u32> = picks.iter().map(|&(r, i)| (r * n + i) as u32).collect();
+                (|| {
+                    let index = Tensor::new(index, &self.bart.device)?;
+                    let vocab = log_probs.dim(2)?;
+                    log_probs.reshape(((), vocab))?.index_select(&index, 0)
+                })()
+                .map_err(model_error)
+            },
+        )
     }
 }

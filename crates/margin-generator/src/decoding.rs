@@ -172,8 +172,8 @@ fn sample_nucleus(log_probs: &[f32], settings: SamplingSettings, rng: &mut impl 
         .expect("the nucleus holds at least one token") as u32
 }
 
-fn argmax(values: &[f32]) -> u32 {
-    // First maximum, as torch.argmax.
+/// Index of the largest value; the first one on ties, as torch.argmax.
+pub fn argmax(values: &[f32]) -> u32 {
     let mut best = 0;
     for (i, v) in values.iter().enumerate() {
         if *v > values[best] {

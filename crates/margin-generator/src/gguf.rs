@@ -1,34 +1,28 @@
-//! Decoder LLMs from GGUF files on candle's quantised kernels: the llama
-//! family (SmolLM2, Qwen-style llama exports) and Gemma 3.
-//!
-//! One sequence at a time for now; batched, padded prefill over k contexts
-//! is the next step of issue 4.
+//! Decoder LLMs from GGUF files (llama family, Gemma 3) as [`Generator`]s:
+//! the k prompts of a question are prefilled as one padded batch, the prefix
+//! they share (system prompt, chat header) once.
 
 use std::path::Path;
 
 use candle_core::quantized::gguf_file;
-use candle_core::{Device, Tensor, D};
-use candle_transformers::models::quantized_llama;
+use candle_core::{Device, Tensor};
 
 use crate::chat::ChatTemplate;
-use crate::gemma3::Gemma3;
+use crate::generator::{
+    check_contexts, check_parents, check_per_row, score_with, Generator, Limits, Session,
+    SpecialTokens,
+};
+use crate::llm::{log_softmax, Llm, LlmCache};
 use margin_core::{OperationError, OperationResult};
-
-enum Weights {
-    Llama(quantized_llama::ModelWeights),
-    Gemma3(Gemma3),
-}
 
 /// A decoder LLM loaded from one GGUF file.
 pub struct GgufModel {
     name: String,
-    weights: Weights,
-    device: Device,
+    llm: Llm,
     chat_template: Option<ChatTemplate>,
-    eos_token_id: Option<u32>,
-    bos_to_add: Option<u32>,
-    /// Tokens whose keys and values the model's own cache holds (llama only).
-    cached: Vec<u32>,
+    eos_token_id: u32,
+    bos_token_id: Option<u32>,
+    add_bos: bool,
 }
 
 impl GgufModel {
@@ -39,49 +33,30 @@ impl GgufModel {
         };
         let mut file = std::fs::File::open(path).map_err(|e| OperationError::io(path, e))?;
         let content = gguf_file::Content::read(&mut file).map_err(|e| error(&e))?;
-        let chat_template = ChatTemplate::from_gguf(&content);
-        let eos_token_id = content
-            .metadata
-            .get("tokenizer.ggml.eos_token_id")
-            .and_then(|v| v.to_u32().ok());
+        let meta_u32 = |key: &str| content.metadata.get(key).and_then(|v| v.to_u32().ok());
+        let eos_token_id = meta_u32("tokenizer.ggml.eos_token_id")
+            .ok_or_else(|| error(&"the file names no end-of-sequence token"))?;
+        let bos_token_id = meta_u32("tokenizer.ggml.bos_token_id");
         let add_bos = content
             .metadata
             .get("tokenizer.ggml.add_bos_token")
             .and_then(|v| v.to_bool().ok())
             .unwrap_or(false);
-        let bos_to_add = content
-            .metadata
-            .get("tokenizer.ggml.bos_token_id")
-            .and_then(|v| v.to_u32().ok())
-            .filter(|_| add_bos);
         let architecture = content
             .metadata
             .get("general.architecture")
             .and_then(|v| v.to_string().ok())
             .cloned()
             .unwrap_or_default();
-        let weights = match architecture.as_str() {
-            "llama" => Weights::Llama(
-                quantized_llama::ModelWeights::from_gguf(content, &mut file, device)
-                    .map_err(|e| error(&e))?,
-            ),
-            a if a.starts_with("gemma") => Weights::Gemma3(
-                Gemma3::from_gguf(content, &mut file, device).map_err(|e| error(&e))?,
-            ),
-            other => {
-                return Err(error(&format!(
-                    "architecture `{other}` is not supported (llama, gemma3)"
-                )))
-            }
-        };
+        let llm =
+            Llm::from_gguf(&architecture, &content, &mut file, device).map_err(|e| error(&e))?;
         Ok(GgufModel {
             name: name.to_string(),
-            weights,
-            device: device.clone(),
-            chat_template,
+            chat_template: ChatTemplate::from_gguf(&content),
+            llm,
             eos_token_id,
-            bos_to_add,
-            cached: Vec::new(),
+            bos_token_id,
+            add_bos,
         })
     }
 
@@ -90,42 +65,187 @@ impl GgufModel {
         self.chat_template.as_ref()
     }
 
-    /// The end-of-sequence token the file names.
-    pub fn eos_token_id(&self) -> Option<u32> {
-        self.eos_token_id
-    }
-
     /// `ids` of a prompt as the model expects them: with BOS in front where
     /// the file asks for one (Gemma) and the tokenizer did not add it.
     pub fn with_bos(&self, ids: Vec<u32>) -> Vec<u32> {
-        match self.bos_to_add {
+        match self.bos_token_id.filter(|_| self.add_bos) {
             Some(bos) if ids.first() != Some(&bos) => std::iter::once(bos).chain(ids).collect(),
             _ => ids,
         }
     }
 
-    /// Log-probabilities of the token after `ids`. When `ids` extends the
-    /// previous call's sequence by one token, only that token is run
-    /// (llama's own cache); otherwise the whole sequence is.
-    pub fn next_token_log_probs(&mut self, ids: &[u32]) -> OperationResult<Vec<f32>> {
-        let error = |e: candle_core::Error| OperationError::model(&self.name, e);
-        let extends = ids.len() == self.cached.len() + 1 && ids.starts_with(&self.cached);
-        let (new, start) = match &self.weights {
-            Weights::Llama(_) if extends => (&ids[ids.len() - 1..], self.cached.len()),
-            _ => (ids, 0),
-        };
-        let input = Tensor::new(new, &self.device)
-            .and_then(|t| t.unsqueeze(0))
-            .map_err(error)?;
-        // Position 0 makes llama start a new cache.
-        let logits = match &mut self.weights {
-            Weights::Llama(m) => m.forward(&input, start),
-            Weights::Gemma3(m) => m.forward(&input),
+    fn error(&self, e: candle_core::Error) -> OperationError {
+        OperationError::model(&self.name, e)
+    }
+}
+
+/// Length of the prefix all `contexts` share, leaving every context at
+/// least one token of its own (its last position gives its first log-probs).
+fn shared_prefix(contexts: &[Vec<u32>]) -> usize {
+    let shortest = contexts.iter().map(Vec::len).min().unwrap_or(0);
+    let first = &contexts[0];
+    (0..shortest.saturating_sub(1))
+        .take_while(|&i| contexts.iter().all(|c| c[i] == first[i]))
+        .count()
+}
+
+impl Generator for GgufModel {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.llm.vocab_size()
+    }
+
+    fn special_tokens(&self) -> SpecialTokens {
+        SpecialTokens {
+            eos: self.eos_token_id,
+            pad: self.eos_token_id,
+            bos: self.bos_token_id,
         }
-        .map_err(error)?;
-        self.cached = ids.to_vec();
-        candle_nn::ops::log_softmax(&logits.squeeze(0).map_err(error)?, D::Minus1)
-            .and_then(|t| t.to_vec1())
-            .map_err(|e| OperationError::model(&self.name, e))
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_context_tokens: self.llm.context_length(),
+            max_output_tokens: self.llm.context_length(),
+        }
+    }
+
+    fn output_start(&self) -> Vec<u32> {
+        Vec::new()
+    }
+
+    fn prepare(&self, contexts: &[Vec<u32>]) -> OperationResult<Box<dyn Session + '_>> {
+        check_contexts(&self.name, contexts, self.limits(), self.vocab_size())?;
+        let layers = self.llm.layer_count();
+        let shared = if contexts.len() > 1 {
+            shared_prefix(contexts)
+        } else {
+            0
+        };
+        let (mut cache, rest): (LlmCache, Vec<Vec<u32>>) = if shared > 0 {
+            let mut one = LlmCache::new(1, layers);
+            self.llm
+                .forward(&mut one, &[contexts[0][..shared].to_vec()])
+                .map_err(|e| self.error(e))?;
+            let all = one
+                .select(&vec![0; contexts.len()])
+                .map_err(|e| self.error(e))?;
+            (all, contexts.iter().map(|c| c[shared..].to_vec()).collect())
+        } else {
+            (LlmCache::new(contexts.len(), layers), contexts.to_vec())
+        };
+        let hidden = self
+            .llm
+            .forward(&mut cache, &rest)
+            .map_err(|e| self.error(e))?;
+        let picks: Vec<(usize, usize)> = rest
+            .iter()
+            .enumerate()
+            .map(|(r, t)| (r, t.len() - 1))
+            .collect();
+        let log_probs = self
+            .llm
+            .logits(&hidden, &picks)
+            .and_then(|l| log_softmax(&l))
+            .map_err(|e| self.error(e))?;
+        Ok(Box::new(GgufSession {
+            model: self,
+            cache,
+            log_probs,
+        }))
+    }
+}
+
+/// Rows of a [`GgufModel`]: their KV cache and next-token log-probabilities.
+struct GgufSession<'a> {
+    model: &'a GgufModel,
+    cache: LlmCache,
+    /// [rows, vocab]
+    log_probs: Tensor,
+}
+
+impl GgufSession<'_> {
+    /// Runs `tokens` after each row of `cache`; log-probs after every
+    /// (row, index) of `picks`.
+    fn run(
+        &self,
+        cache: &mut LlmCache,
+        tokens: &[Vec<u32>],
+        picks: &[(usize, usize)],
+    ) -> OperationResult<Tensor> {
+        let llm = &self.model.llm;
+        let vocab = llm.vocab_size();
+        if let Some(bad) = tokens.iter().flatten().find(|&&t| t as usize >= vocab) {
+            return Err(OperationError::bad_input(
+                "tokens",
+                format!("token {bad} is outside the vocabulary of {vocab}"),
+            ));
+        }
+        let longest = (0..cache.rows())
+            .map(|r| cache.len(r) + tokens[r].len())
+            .max()
+            .unwrap_or(0);
+        if longest > llm.context_length() {
+            return Err(OperationError::bad_input(
+                "tokens",
+                format!(
+                    "a row would reach {longest} tokens; {} takes at most {}",
+                    self.model.name,
+                    llm.context_length()
+                ),
+            ));
+        }
+        (|| {
+            let hidden = llm.forward(cache, tokens)?;
+            log_softmax(&llm.logits(&hidden, picks)?)
+        })()
+        .map_err(|e| self.model.error(e))
+    }
+}
+
+impl Session for GgufSession<'_> {
+    fn rows(&self) -> usize {
+        self.cache.rows()
+    }
+
+    fn log_probs(&self) -> OperationResult<Vec<Vec<f32>>> {
+        self.log_probs.to_vec2().map_err(|e| self.model.error(e))
+    }
+
+    fn select(&mut self, parents: &[usize]) -> OperationResult<()> {
+        check_parents(self.rows(), parents)?;
+        let index: Vec<u32> = parents.iter().map(|&p| p as u32).collect();
+        (|| {
+            let index = Tensor::new(index, self.log_probs.device())?;
+            self.log_probs = self.log_probs.index_select(&index, 0)?;
+            self.cache = self.cache.select(parents)?;
+            Ok(())
+        })()
+        .map_err(|e| self.model.error(e))
+    }
+
+    fn advance(&mut self, tokens: &[u32]) -> OperationResult<()> {
+        check_per_row(self.rows(), "tokens", tokens.len())?;
+        let rows: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
+        let picks: Vec<(usize, usize)> = (0..rows.len()).map(|r| (r, 0)).collect();
+        let mut cache = self.cache.share();
+        self.log_probs = self.run(&mut cache, &rows, &picks)?;
+        self.cache = cache;
+        Ok(())
+    }
+
+    fn score(&self, targets: &[Vec<u32>]) -> OperationResult<Vec<Vec<f32>>> {
+        score_with(
+            self,
+            self.model.llm.vocab_size(),
+            targets,
+            |inputs, picks| {
+                let mut cache = self.cache.share();
+                self.run(&mut cache, inputs, picks)
+            },
+        )
     }
 }

@@ -1,17 +1,23 @@
 //! Generators on candle, shaped for RAG: many passage-conditioned rows scored
 //! and extended at once.
 //!
-//! Today: [`bart`], `BartForConditionalGeneration` written on candle, and
-//! [`decoding`], greedy and beam search with transformers' semantics, both
-//! checked against Hugging Face transformers; and [`gguf`], decoder LLMs from
-//! GGUF files (llama and Gemma 3 families), one sequence at a time for now.
-//! The `Generator` trait, KV caches shared across beams, padded batched
-//! prefill and sampling come with the rest of issue 4.
+//! [`generator`] is the seam: a [`Generator`] prepares the k contexts of a
+//! question as one batch and its [`Session`] steps, reorders and
+//! force-decodes rows. Behind it: [`bart`], `BartForConditionalGeneration`
+//! written on candle, and [`gguf`], decoder LLMs from GGUF files (llama
+//! family and Gemma 3, [`llm`]) with padded batched prefill. [`decoding`]
+//! holds greedy search, beam search and sampling with transformers'
+//! semantics; [`chat`] renders the chat templates GGUF files carry.
 
 #![warn(missing_docs)]
 
+mod attention;
 pub mod bart;
 pub mod chat;
 pub mod decoding;
-pub mod gemma3;
+pub mod generator;
 pub mod gguf;
+pub mod llm;
+mod q8;
+
+pub use generator::{Generator, Limits, Session, SpecialTokens, Stepper};

@@ -3,13 +3,14 @@
 //! logits of teacher-forced decoding, greedy search (plain, and with
 //! no-repeat n-grams and a minimum length) and beam search, each both
 //! recomputing the decoder over the whole prefix and incrementally with the
-//! cached, reordered decoder state.
+//! cached, reordered decoder state of a [`Generator`] session.
 
 use std::path::PathBuf;
 
-use candle_core::{Device, Tensor};
-use margin_generator::bart::{Bart, IncrementalScorer};
+use candle_core::{DType, Device, Tensor};
+use margin_generator::bart::Bart;
 use margin_generator::decoding::{beam_search, greedy_search, BeamSettings, StepRules};
+use margin_generator::{Generator, Stepper};
 use serde_json::Value;
 
 const CHECKPOINTS: [&str; 2] = ["tiny-gelu", "tiny-relu-scaled"];
@@ -18,7 +19,7 @@ fn fixture(name: &str) -> (Bart, Value) {
     let dir: PathBuf = margin_testkit::workspace_root()
         .join("tests/fixtures/bart")
         .join(name);
-    let bart = Bart::load(&dir, &Device::Cpu).unwrap();
+    let bart = Bart::load(&dir, &Device::Cpu, DType::F32).unwrap();
     let reference =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
             .unwrap();
@@ -27,6 +28,21 @@ fn fixture(name: &str) -> (Bart, Value) {
 
 fn ids(value: &Value) -> Vec<Vec<u32>> {
     serde_json::from_value(value.clone()).unwrap()
+}
+
+/// The encoder inputs without their padding, as a generator takes them.
+fn contexts(reference: &Value) -> Vec<Vec<u32>> {
+    ids(&reference["encoder_input_ids"])
+        .into_iter()
+        .zip(ids(&reference["attention_mask"]))
+        .map(|(ids, mask)| {
+            ids.into_iter()
+                .zip(mask)
+                .filter(|(_, m)| *m == 1)
+                .map(|(t, _)| t)
+                .collect()
+        })
+        .collect()
 }
 
 fn tensor(rows: &[Vec<u32>]) -> Tensor {
@@ -61,10 +77,36 @@ fn logits_match_transformers_within_1e_4() {
 }
 
 #[test]
+fn half_precision_stays_close_to_f32() {
+    let (_, reference) = fixture("tiny-gelu");
+    let dir = margin_testkit::workspace_root().join("tests/fixtures/bart/tiny-gelu");
+    let contexts = contexts(&reference);
+    let f32_log_probs = Bart::load(&dir, &Device::Cpu, DType::F32)
+        .unwrap()
+        .prepare(&contexts)
+        .unwrap()
+        .log_probs()
+        .unwrap();
+    // bf16 keeps 8 bits of mantissa, f16 11: log-probs within a few hundredths.
+    for (dtype, tolerance) in [(DType::F16, 0.02), (DType::BF16, 0.1)] {
+        let half = Bart::load(&dir, &Device::Cpu, dtype).unwrap();
+        let got = half.prepare(&contexts).unwrap().log_probs().unwrap();
+        let worst = got
+            .iter()
+            .flatten()
+            .zip(f32_log_probs.iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!("{dtype:?}: max |log p difference| = {worst}");
+        assert!(worst < tolerance, "{dtype:?}: {worst}");
+    }
+}
+
+#[test]
 fn a_pytorch_pickle_checkpoint_loads_the_same_weights() {
     let (safetensors, reference) = fixture("tiny-gelu");
     let dir = margin_testkit::workspace_root().join("tests/fixtures/bart/tiny-gelu-bin");
-    let pickle = Bart::load(&dir, &Device::Cpu).unwrap();
+    let pickle = Bart::load(&dir, &Device::Cpu, DType::F32).unwrap();
     let input = tensor(&ids(&reference["encoder_input_ids"]));
     let mask = tensor(&ids(&reference["attention_mask"]));
     let decoder = tensor(&ids(&reference["decoder_input_ids"]));
@@ -78,7 +120,7 @@ fn a_pytorch_pickle_checkpoint_loads_the_same_weights() {
             .unwrap()
     };
     assert_eq!(logits(&pickle), logits(&safetensors));
-    let missing = Bart::load(&dir.join("nowhere"), &Device::Cpu)
+    let missing = Bart::load(&dir.join("nowhere"), &Device::Cpu, DType::F32)
         .unwrap_err()
         .to_string();
     assert!(missing.contains("config.json"), "{missing}");
@@ -141,7 +183,7 @@ fn greedy_generation_gives_transformers_token_ids() {
             let full = scorer(&bart, &input, &mask, 1);
             let got = greedy_search(starts.clone(), &rules, pad, full).unwrap();
             assert_eq!(got, expected, "{name} {run}");
-            let mut cached = IncrementalScorer::new(&bart, &input, &mask, 1).unwrap();
+            let mut cached = Stepper::new(bart.prepare(&contexts(&reference)).unwrap(), 1);
             let got =
                 greedy_search(starts, &rules, pad, |rows| cached.next_log_probs(rows)).unwrap();
             assert_eq!(got, expected, "{name} {run}, incremental");
@@ -168,7 +210,8 @@ fn beam_search_gives_transformers_token_ids_and_scores() {
         let expected: Vec<f32> = serde_json::from_value(run["sequences_scores"].clone()).unwrap();
         let full = scorer(&bart, &input, &mask, settings.num_beams);
         let full = beam_search(starts.clone(), &rules, &settings, full).unwrap();
-        let mut cached = IncrementalScorer::new(&bart, &input, &mask, settings.num_beams).unwrap();
+        let session = bart.prepare(&contexts(&reference)).unwrap();
+        let mut cached = Stepper::new(session, settings.num_beams);
         let incremental = beam_search(starts, &rules, &settings, |rows| {
             cached.next_log_probs(rows)
         })

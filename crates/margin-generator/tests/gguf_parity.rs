@@ -1,10 +1,12 @@
 //! The GGUF decoder LLMs against Hugging Face transformers loading the same
 //! files (it dequantises to f32, so small differences are expected): next
-//! token top-1 on 22 prompts, and the top-10 log-probabilities.
+//! token top-1 on 22 prompts run as one padded batch, and the top-10
+//! log-probabilities.
 //! Fixture: tests/fixtures/gguf_llm_reference.json (make_gguf_llm_reference.py).
 
 use candle_core::Device;
 use margin_generator::gguf::GgufModel;
+use margin_generator::Generator;
 use margin_testkit::{real_model, workspace_root};
 use serde_json::Value;
 
@@ -18,19 +20,18 @@ fn next_token_distributions_match_transformers() {
             continue;
         };
         let gguf = dir.join(model["gguf"].as_str().unwrap());
-        let mut llm = GgufModel::load(name, &gguf, &Device::Cpu).unwrap();
+        let llm = GgufModel::load(name, &gguf, &Device::Cpu).unwrap();
         let prompts = model["prompts"].as_array().unwrap();
+        let contexts: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|p| serde_json::from_value(p["ids"].clone()).unwrap())
+            .collect();
+        // All prompts as one padded batch, as RAG runs its k passages.
+        let batch = llm.prepare(&contexts).unwrap().log_probs().unwrap();
         let (mut same_top1, mut abs_diff, mut compared) = (0, 0.0f64, 0);
-        for prompt in prompts {
-            let ids: Vec<u32> = serde_json::from_value(prompt["ids"].clone()).unwrap();
-            let log_probs = llm.next_token_log_probs(&ids).unwrap();
+        for (prompt, log_probs) in prompts.iter().zip(&batch) {
             let top10: Vec<(usize, f32)> = serde_json::from_value(prompt["top10"].clone()).unwrap();
-            let ours = log_probs
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(t, _)| t)
-                .unwrap();
+            let ours = argmax(log_probs);
             if ours != top10[0].0 {
                 eprintln!(
                     "{name}: {:?}: margin {ours}, transformers {}",
@@ -43,22 +44,33 @@ fn next_token_distributions_match_transformers() {
                 compared += 1;
             }
         }
-        // Stepping one token at a time through the model's cache gives what a
-        // fresh run over the whole sequence gives.
-        let ids: Vec<u32> = serde_json::from_value(prompts[0]["ids"].clone()).unwrap();
-        let fresh = llm.next_token_log_probs(&ids).unwrap();
-        llm.next_token_log_probs(&ids[..1]).unwrap();
-        for end in 2..=ids.len() {
-            let stepped = llm.next_token_log_probs(&ids[..end]).unwrap();
-            if end == ids.len() {
-                let worst = stepped
-                    .iter()
-                    .zip(&fresh)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0, f32::max);
-                assert!(worst < 1e-3, "{name}: cached stepping differs by {worst}");
-            }
+        // The batch gives what each prompt alone gives: padding changes
+        // neither what a row attends to nor the order of any sum.
+        for (ids, batched) in contexts.iter().zip(&batch) {
+            let alone = llm
+                .prepare(std::slice::from_ref(ids))
+                .unwrap()
+                .log_probs()
+                .unwrap()
+                .remove(0);
+            let worst = max_diff(&alone, batched);
+            assert!(worst < 1e-3, "{name}: batched prefill differs by {worst}");
         }
+        // Stepping one token at a time through the cache gives what a fresh
+        // prefill of the same length gives.
+        let ids = &contexts[0];
+        let alone = llm
+            .prepare(std::slice::from_ref(ids))
+            .unwrap()
+            .log_probs()
+            .unwrap();
+        let mut session = llm.prepare(&[ids[..1].to_vec()]).unwrap();
+        for &t in &ids[1..] {
+            session.advance(&[t]).unwrap();
+        }
+        let stepped = session.log_probs().unwrap();
+        let worst = max_diff(&alone[0], &stepped[0]);
+        assert!(worst < 1e-3, "{name}: cached stepping differs by {worst}");
         let agreement = same_top1 as f64 / prompts.len() as f64;
         eprintln!(
             "{name}: top-1 agreement {same_top1}/{} ({:.0} %), mean |Δ log p| over the reference top-10 = {:.4}",
@@ -71,4 +83,20 @@ fn next_token_distributions_match_transformers() {
         }
     }
     assert!(failures.is_empty(), "{failures:?}");
+}
+
+fn argmax(log_probs: &[f32]) -> usize {
+    log_probs
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(t, _)| t)
+        .unwrap()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }

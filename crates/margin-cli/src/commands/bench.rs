@@ -16,6 +16,9 @@ pub enum BenchAction {
     /// Search latency (p50/p99), HNSW recall against exact search, memory and
     /// disk: over the index in the data directory, or over N synthetic vectors.
     Search(crate::commands::bench_search::SearchBench),
+    /// Prefill and decode tokens/s and peak memory of a generator: one
+    /// context, k contexts one by one, and k contexts as one batch.
+    Generate(crate::commands::bench_generate::GenerateBench),
 }
 
 /// Arguments of `margin bench encode`.
@@ -50,6 +53,7 @@ pub fn run(config: &Config, action: BenchAction) -> anyhow::Result<()> {
     match action {
         BenchAction::Encode(args) => encode(config, args),
         BenchAction::Search(args) => crate::commands::bench_search::run(config, args),
+        BenchAction::Generate(args) => crate::commands::bench_generate::run(config, args),
     }
 }
 
