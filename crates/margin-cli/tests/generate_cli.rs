@@ -85,7 +85,11 @@ fn bench_generate_reports_single_sequential_and_batched_runs() {
         .args(["--contexts", "2", "--new-tokens", "2", "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let reports: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let phases = reports[0]["phases"].as_array().unwrap();
     let names: Vec<&str> = phases.iter().map(|p| p["name"].as_str().unwrap()).collect();

@@ -12,7 +12,7 @@ use crate::generator::{
     check_contexts, check_parents, check_per_row, score_with, Generator, Limits, Session,
     SpecialTokens,
 };
-use crate::llm::{log_softmax, Llm, LlmCache};
+use crate::llm::{log_softmax, log_softmax_rows, Llm, LlmCache};
 use margin_core::{OperationError, OperationResult};
 
 /// A decoder LLM loaded from one GGUF file.
@@ -149,7 +149,7 @@ impl Generator for GgufModel {
         let log_probs = self
             .llm
             .logits(&hidden, &picks)
-            .and_then(|l| log_softmax(&l))
+            .and_then(|l| log_softmax_rows(&l))
             .map_err(|e| self.error(e))?;
         Ok(Box::new(GgufSession {
             model: self,
@@ -163,13 +163,13 @@ impl Generator for GgufModel {
 struct GgufSession<'a> {
     model: &'a GgufModel,
     cache: LlmCache,
-    /// [rows, vocab]
-    log_probs: Tensor,
+    /// [rows][vocab]
+    log_probs: Vec<Vec<f32>>,
 }
 
 impl GgufSession<'_> {
-    /// Runs `tokens` after each row of `cache`; log-probs after every
-    /// (row, index) of `picks`.
+    /// Runs `tokens` after each row of `cache`; logits [picks, vocab] after
+    /// every (row, index) of `picks`.
     fn run(
         &self,
         cache: &mut LlmCache,
@@ -200,7 +200,7 @@ impl GgufSession<'_> {
         }
         (|| {
             let hidden = llm.forward(cache, tokens)?;
-            log_softmax(&llm.logits(&hidden, picks)?)
+            llm.logits(&hidden, picks)
         })()
         .map_err(|e| self.model.error(e))
     }
@@ -212,19 +212,17 @@ impl Session for GgufSession<'_> {
     }
 
     fn log_probs(&self) -> OperationResult<Vec<Vec<f32>>> {
-        self.log_probs.to_vec2().map_err(|e| self.model.error(e))
+        Ok(self.log_probs.clone())
     }
 
     fn select(&mut self, parents: &[usize]) -> OperationResult<()> {
         check_parents(self.rows(), parents)?;
-        let index: Vec<u32> = parents.iter().map(|&p| p as u32).collect();
-        (|| {
-            let index = Tensor::new(index, self.log_probs.device())?;
-            self.log_probs = self.log_probs.index_select(&index, 0)?;
-            self.cache = self.cache.select(parents)?;
-            Ok(())
-        })()
-        .map_err(|e| self.model.error(e))
+        self.cache = self
+            .cache
+            .select(parents)
+            .map_err(|e| self.model.error(e))?;
+        self.log_probs = parents.iter().map(|&p| self.log_probs[p].clone()).collect();
+        Ok(())
     }
 
     fn advance(&mut self, tokens: &[u32]) -> OperationResult<()> {
@@ -232,7 +230,8 @@ impl Session for GgufSession<'_> {
         let rows: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();
         let picks: Vec<(usize, usize)> = (0..rows.len()).map(|r| (r, 0)).collect();
         let mut cache = self.cache.share();
-        self.log_probs = self.run(&mut cache, &rows, &picks)?;
+        let logits = self.run(&mut cache, &rows, &picks)?;
+        self.log_probs = log_softmax_rows(&logits).map_err(|e| self.model.error(e))?;
         self.cache = cache;
         Ok(())
     }
@@ -244,7 +243,8 @@ impl Session for GgufSession<'_> {
             targets,
             |inputs, picks| {
                 let mut cache = self.cache.share();
-                self.run(&mut cache, inputs, picks)
+                let logits = self.run(&mut cache, inputs, picks)?;
+                log_softmax(&logits).map_err(|e| self.model.error(e))
             },
         )
     }

@@ -602,6 +602,25 @@ fn fused(weights: Vec<QTensor>) -> Result<Linear> {
     ))
 }
 
+/// Log-softmax of every row of `logits` [rows, vocab], rows spread over
+/// candle's worker pool: one pass for the maximum, one for the sum, one to
+/// write (candle's composition of operations makes six, with allocations).
+pub(crate) fn log_softmax_rows(logits: &Tensor) -> Result<Vec<Vec<f32>>> {
+    let mut rows: Vec<Vec<f32>> = logits.to_dtype(DType::F32)?.to_vec2()?;
+    let base = rows.as_mut_ptr() as usize;
+    candle_core::utils::barrier_pool().execute_chunked(rows.len(), |range| {
+        for r in range {
+            // SAFETY: work item `r` alone touches row `r`, which outlives the pool call.
+            let row = unsafe { &mut *(base as *mut Vec<f32>).add(r) };
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = row.iter().map(|x| (x - max).exp()).sum();
+            let shift = max + sum.ln();
+            row.iter_mut().for_each(|x| *x -= shift);
+        }
+    });
+    Ok(rows)
+}
+
 /// Log-softmax over the last dimension, in f32 whatever the model computes in.
 pub(crate) fn log_softmax(logits: &Tensor) -> Result<Tensor> {
     candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, candle_core::D::Minus1)

@@ -30,6 +30,9 @@ pub struct GenerateBench {
     /// Tokens generated per context (end of sequence is not allowed earlier).
     #[arg(long, default_value_t = 32)]
     pub new_tokens: usize,
+    /// Each run is repeated this many times; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -64,6 +67,7 @@ struct ModelReport {
 pub fn run(config: &Config, args: GenerateBench) -> anyhow::Result<()> {
     anyhow::ensure!(args.contexts > 0, "--contexts: must be at least 1");
     anyhow::ensure!(args.new_tokens > 0, "--new-tokens: must be at least 1");
+    anyhow::ensure!(args.repeats > 0, "--repeats: must be at least 1");
     let (passages, _) = crate::wiring::passages(config, std::slice::from_ref(&args.corpus), true)?;
     anyhow::ensure!(
         passages.len() >= args.contexts,
@@ -92,43 +96,20 @@ pub fn run(config: &Config, args: GenerateBench) -> anyhow::Result<()> {
             .collect::<anyhow::Result<Vec<_>>>()?;
         // One warm-up run so that one-off allocation is not timed.
         measure(loaded.model.as_ref(), &contexts[..1], 2)?;
-        let single = Phase {
-            name: "single",
-            ..measure(loaded.model.as_ref(), &contexts[..1], args.new_tokens)?
-        };
-        reset_peak_rss();
-        let mut sequential = Phase {
-            name: "sequential",
-            contexts: 0,
-            prompt_tokens: 0,
-            prefill_seconds: 0.0,
-            prefill_tokens_per_second: 0.0,
-            new_tokens: 0,
-            decode_seconds: 0.0,
-            decode_tokens_per_second: 0.0,
-            peak_rss_mib: None,
-        };
-        for context in &contexts {
-            let one = measure(
-                loaded.model.as_ref(),
-                std::slice::from_ref(context),
-                args.new_tokens,
-            )?;
-            sequential.contexts += 1;
-            sequential.prompt_tokens += one.prompt_tokens;
-            sequential.prefill_seconds += one.prefill_seconds;
-            sequential.new_tokens += one.new_tokens;
-            sequential.decode_seconds += one.decode_seconds;
-            sequential.peak_rss_mib = one.peak_rss_mib;
+        let mut runs: [Vec<Phase>; 3] = Default::default();
+        for _ in 0..args.repeats {
+            let model = loaded.model.as_ref();
+            runs[0].push(Phase {
+                name: "single",
+                ..measure(model, &contexts[..1], args.new_tokens)?
+            });
+            runs[1].push(sequential(model, &contexts, args.new_tokens)?);
+            runs[2].push(Phase {
+                name: "batched",
+                ..measure(model, &contexts, args.new_tokens)?
+            });
         }
-        sequential.prefill_tokens_per_second =
-            sequential.prompt_tokens as f64 / sequential.prefill_seconds;
-        sequential.decode_tokens_per_second =
-            sequential.new_tokens as f64 / sequential.decode_seconds;
-        let batched = Phase {
-            name: "batched",
-            ..measure(loaded.model.as_ref(), &contexts, args.new_tokens)?
-        };
+        let [single, sequential, batched] = runs.map(median);
         reports.push(ModelReport {
             model: loaded.name.clone(),
             device: format!("{:?}", config.generator.device).to_lowercase(),
@@ -171,6 +152,47 @@ pub fn run(config: &Config, args: GenerateBench) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The contexts one after another, each prefilled and decoded alone.
+fn sequential(
+    model: &dyn Generator,
+    contexts: &[Vec<u32>],
+    new_tokens: usize,
+) -> anyhow::Result<Phase> {
+    reset_peak_rss();
+    let mut total = Phase {
+        name: "sequential",
+        contexts: 0,
+        prompt_tokens: 0,
+        prefill_seconds: 0.0,
+        prefill_tokens_per_second: 0.0,
+        new_tokens: 0,
+        decode_seconds: 0.0,
+        decode_tokens_per_second: 0.0,
+        peak_rss_mib: None,
+    };
+    for context in contexts {
+        let one = measure_keeping_peak(model, std::slice::from_ref(context), new_tokens)?;
+        total.contexts += 1;
+        total.prompt_tokens += one.prompt_tokens;
+        total.prefill_seconds += one.prefill_seconds;
+        total.new_tokens += one.new_tokens;
+        total.decode_seconds += one.decode_seconds;
+        total.peak_rss_mib = one.peak_rss_mib;
+    }
+    total.prefill_tokens_per_second = total.prompt_tokens as f64 / total.prefill_seconds;
+    total.decode_tokens_per_second = total.new_tokens as f64 / total.decode_seconds;
+    Ok(total)
+}
+
+/// The run with the median decode speed.
+fn median(mut runs: Vec<Phase>) -> Phase {
+    runs.sort_by(|a, b| {
+        a.decode_tokens_per_second
+            .total_cmp(&b.decode_tokens_per_second)
+    });
+    runs.swap_remove(runs.len() / 2)
+}
+
 /// Token ids of `text` as a user turn of the model's chat template, if any.
 fn prompt(loaded: &LoadedGenerator, text: &str) -> anyhow::Result<Vec<u32>> {
     let text = match &loaded.chat_template {
@@ -189,6 +211,15 @@ fn measure(
     new_tokens: usize,
 ) -> anyhow::Result<Phase> {
     reset_peak_rss();
+    measure_keeping_peak(model, contexts, new_tokens)
+}
+
+/// [`measure`] within the current peak-memory window.
+fn measure_keeping_peak(
+    model: &dyn Generator,
+    contexts: &[Vec<u32>],
+    new_tokens: usize,
+) -> anyhow::Result<Phase> {
     let eos = model.special_tokens().eos as usize;
     let began = Instant::now();
     let mut session = model.prepare(contexts)?;
