@@ -11,8 +11,8 @@ use margin_core::{OperationError, OperationResult};
 use serde::Deserialize;
 
 use crate::generator::{
-    check_contexts, check_parents, check_per_row, score_with, Generator, Limits, Session,
-    SpecialTokens,
+    check_contexts, check_parents, check_per_row, distributions_with, score_with, Generator,
+    Limits, Session, SpecialTokens,
 };
 
 /// The fields of a Hugging Face BART `config.json` that the forward pass uses.
@@ -677,6 +677,33 @@ impl BartSession<'_> {
     }
 }
 
+impl BartSession<'_> {
+    /// Log-probabilities [picks, vocab] after each picked (row, index) of
+    /// `inputs` run after every row, the state left as it was.
+    fn teacher_forced(&self, inputs: &[Vec<u32>], picks: &[(usize, usize)]) -> OperationResult<Tensor> {
+        // All rows run equally long: shorter ones are padded at the end,
+        // which the causal mask keeps from mattering.
+        let n = inputs.iter().map(Vec::len).max().unwrap_or(0);
+        let padded: Vec<Vec<u32>> = inputs
+            .iter()
+            .map(|t| {
+                let mut t = t.clone();
+                t.resize(n, self.bart.config.pad_token_id);
+                t
+            })
+            .collect();
+        let mut state = self.state.clone();
+        let log_probs = self.bart.step_log_probs(&mut state, &padded)?;
+        let index: Vec<u32> = picks.iter().map(|&(r, i)| (r * n + i) as u32).collect();
+        (|| {
+            let index = Tensor::new(index, &self.bart.device)?;
+            let vocab = log_probs.dim(2)?;
+            log_probs.reshape(((), vocab))?.index_select(&index, 0)
+        })()
+        .map_err(model_error)
+    }
+}
+
 impl Session for BartSession<'_> {
     fn rows(&self) -> usize {
         self.log_probs.dims()[0]
@@ -708,32 +735,14 @@ impl Session for BartSession<'_> {
     }
 
     fn score(&self, targets: &[Vec<u32>]) -> OperationResult<Vec<Vec<f32>>> {
-        score_with(
-            self,
-            self.bart.config.vocab_size,
-            targets,
-            |inputs, picks| {
-                // Teacher forcing runs all rows equally long: shorter ones are
-                // padded at the end, which the causal mask keeps from mattering.
-                let n = inputs.iter().map(Vec::len).max().unwrap_or(0);
-                let padded: Vec<Vec<u32>> = inputs
-                    .iter()
-                    .map(|t| {
-                        let mut t = t.clone();
-                        t.resize(n, self.bart.config.pad_token_id);
-                        t
-                    })
-                    .collect();
-                let mut state = self.state.clone();
-                let log_probs = self.bart.step_log_probs(&mut state, &padded)?;
-                let index: Vec<u32> = picks.iter().map(|&(r, i)| (r * n + i) as u32).collect();
-                (|| {
-                    let index = Tensor::new(index, &self.bart.device)?;
-                    let vocab = log_probs.dim(2)?;
-                    log_probs.reshape(((), vocab))?.index_select(&index, 0)
-                })()
-                .map_err(model_error)
-            },
-        )
+        score_with(self, self.bart.config.vocab_size, targets, |inputs, picks| {
+            self.teacher_forced(inputs, picks)
+        })
+    }
+
+    fn distributions(&self, targets: &[Vec<u32>]) -> OperationResult<Vec<Vec<Vec<f32>>>> {
+        distributions_with(self, self.bart.config.vocab_size, targets, |inputs, picks| {
+            self.teacher_forced(inputs, picks)
+        })
     }
 }

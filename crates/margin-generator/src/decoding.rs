@@ -64,6 +64,32 @@ impl StepRules {
     }
 }
 
+/// For each of `rows`, the index of its parent among `previous`: the row it
+/// extends by one token, within the same group of `group` rows (beams of one
+/// input). Beam search extends, drops and duplicates rows; a session is
+/// reordered to these parents before the new tokens run.
+pub fn find_parents(
+    previous: &[Vec<u32>],
+    rows: &[Vec<u32>],
+    group: usize,
+) -> OperationResult<Vec<usize>> {
+    let group = group.max(1);
+    rows.iter()
+        .enumerate()
+        .map(|(r, row)| {
+            let prefix = &row[..row.len().saturating_sub(1)];
+            (0..previous.len())
+                .find(|&p| p / group == r / group && previous[p] == prefix)
+                .ok_or_else(|| {
+                    margin_core::OperationError::bad_input(
+                        "decoding",
+                        format!("row {r} extends no row of the previous step"),
+                    )
+                })
+        })
+        .collect()
+}
+
 /// Greedy search from one start sequence per row: the most likely token at
 /// each step; a row that produced EOS is padded with `pad_token_id`.
 pub fn greedy_search(
@@ -205,6 +231,9 @@ pub struct Hypothesis {
     pub tokens: Vec<u32>,
     /// Length-normalised score.
     pub score: f32,
+    /// The model's own log-probability of each generated token (before the
+    /// step rules), so that log p(hypothesis) needs no second pass.
+    pub token_log_probs: Vec<f32>,
 }
 
 #[derive(Clone)]
@@ -212,6 +241,7 @@ struct Slot {
     tokens: Vec<u32>,
     score: f32,
     finished: bool,
+    raw: Vec<f32>,
 }
 
 /// Indices of the `k` largest scores, best first; ties keep the lower index.
@@ -242,6 +272,7 @@ pub fn beam_search(
                     tokens: s.clone(),
                     score: if j == 0 { 0.0 } else { OUT },
                     finished: false,
+                    raw: Vec::new(),
                 })
                 .collect()
         })
@@ -253,7 +284,8 @@ pub fn beam_search(
                 Slot {
                     tokens: s.clone(),
                     score: OUT,
-                    finished: false
+                    finished: false,
+                    raw: Vec::new(),
                 };
                 beams
             ]
@@ -270,23 +302,29 @@ pub fn beam_search(
         {
             let vocab = scores[b * beams].len();
             let mut accumulated = Vec::with_capacity(beams * vocab);
+            let mut raw_rows = Vec::with_capacity(beams);
             for (j, slot) in beams_of_input.iter().enumerate() {
                 let log_probs = &mut scores[b * beams + j];
+                raw_rows.push(log_probs.clone());
                 rules.apply(&slot.tokens, log_probs);
                 accumulated.extend(log_probs.iter().map(|p| p + slot.score));
             }
             let candidates: Vec<(Slot, bool)> = top_k(&accumulated, keep)
                 .into_iter()
                 .map(|flat| {
-                    let mut tokens = beams_of_input[flat / vocab].tokens.clone();
+                    let parent = &beams_of_input[flat / vocab];
+                    let mut tokens = parent.tokens.clone();
                     let token = (flat % vocab) as u32;
                     tokens.push(token);
+                    let mut raw = parent.raw.clone();
+                    raw.push(raw_rows[flat / vocab][token as usize]);
                     let hit = token == rules.eos_token_id || tokens.len() >= rules.max_length;
                     (
                         Slot {
                             tokens,
                             score: accumulated[flat],
                             finished: false,
+                            raw,
                         },
                         hit,
                     )
@@ -355,6 +393,7 @@ pub fn beam_search(
                 .map(|s| Hypothesis {
                     tokens: s.tokens,
                     score: s.score,
+                    token_log_probs: s.raw,
                 })
                 .collect()
         })

@@ -60,6 +60,10 @@ pub trait Session {
     /// Teacher forcing: `out[i][t]` = log p(`targets[i][t]` | row `i`,
     /// `targets[i][..t]`). The session is left as it was.
     fn score(&self, targets: &[Vec<u32>]) -> OperationResult<Vec<Vec<f32>>>;
+    /// Teacher forcing with whole distributions: `out[i][t]` = log p(· |
+    /// row `i`, `targets[i][..t]`), one vocabulary-long row per target token
+    /// (label smoothing needs them all). The session is left as it was.
+    fn distributions(&self, targets: &[Vec<u32>]) -> OperationResult<Vec<Vec<Vec<f32>>>>;
 }
 
 /// Checks a batch of contexts before it reaches a model.
@@ -138,23 +142,7 @@ pub(crate) fn score_with(
     targets: &[Vec<u32>],
     run: impl FnOnce(&[Vec<u32>], &[(usize, usize)]) -> OperationResult<Tensor>,
 ) -> OperationResult<Vec<Vec<f32>>> {
-    check_per_row(session.rows(), "targets", targets.len())?;
-    if let Some(bad) = targets.iter().flatten().find(|&&t| t as usize >= vocab) {
-        return Err(OperationError::bad_input(
-            "targets",
-            format!("token {bad} is outside the vocabulary of {vocab}"),
-        ));
-    }
-    let first = session.log_probs()?;
-    let inputs: Vec<Vec<u32>> = targets
-        .iter()
-        .map(|t| t[..t.len().saturating_sub(1)].to_vec())
-        .collect();
-    let picks: Vec<(usize, usize)> = inputs
-        .iter()
-        .enumerate()
-        .flat_map(|(r, t)| (0..t.len()).map(move |i| (r, i)))
-        .collect();
+    let (first, inputs, picks) = teacher_forcing_plan(session, vocab, targets)?;
     let rest: Vec<f32> = if picks.is_empty() {
         Vec::new()
     } else {
@@ -185,6 +173,63 @@ pub(crate) fn score_with(
                 .collect()
         })
         .collect())
+}
+
+/// [`score_with`], keeping whole distributions.
+pub(crate) fn distributions_with(
+    session: &dyn Session,
+    vocab: usize,
+    targets: &[Vec<u32>],
+    run: impl FnOnce(&[Vec<u32>], &[(usize, usize)]) -> OperationResult<Tensor>,
+) -> OperationResult<Vec<Vec<Vec<f32>>>> {
+    let (first, inputs, picks) = teacher_forcing_plan(session, vocab, targets)?;
+    let rest: Vec<Vec<f32>> = if picks.is_empty() {
+        Vec::new()
+    } else {
+        run(&inputs, &picks)?
+            .to_vec2()
+            .map_err(|e| OperationError::model("score", e))?
+    };
+    let mut rest = rest.into_iter();
+    Ok(targets
+        .iter()
+        .zip(first)
+        .map(|(target, first)| {
+            std::iter::once(first)
+                .chain((1..target.len()).map(|_| rest.next().expect("one pick per target position")))
+                .take(target.len())
+                .collect()
+        })
+        .collect())
+}
+
+/// What both kinds of teacher forcing start from: the checked targets' first
+/// log-probabilities (the session's current ones), the inputs that give the
+/// rest (every target but its last token) and the positions to read.
+#[allow(clippy::type_complexity)]
+fn teacher_forcing_plan(
+    session: &dyn Session,
+    vocab: usize,
+    targets: &[Vec<u32>],
+) -> OperationResult<(Vec<Vec<f32>>, Vec<Vec<u32>>, Vec<(usize, usize)>)> {
+    check_per_row(session.rows(), "targets", targets.len())?;
+    if let Some(bad) = targets.iter().flatten().find(|&&t| t as usize >= vocab) {
+        return Err(OperationError::bad_input(
+            "targets",
+            format!("token {bad} is outside the vocabulary of {vocab}"),
+        ));
+    }
+    let first = session.log_probs()?;
+    let inputs: Vec<Vec<u32>> = targets
+        .iter()
+        .map(|t| t[..t.len().saturating_sub(1)].to_vec())
+        .collect();
+    let picks: Vec<(usize, usize)> = inputs
+        .iter()
+        .enumerate()
+        .flat_map(|(r, t)| (0..t.len()).map(move |i| (r, i)))
+        .collect();
+    Ok((first, inputs, picks))
 }
 
 /// Adapts a [`Session`] to the row-list interface of [`crate::decoding`]:
@@ -220,21 +265,7 @@ impl<'s> Stepper<'s> {
                 }
             }
             Some(old) => {
-                let parents = rows
-                    .iter()
-                    .enumerate()
-                    .map(|(r, row)| {
-                        let prefix = &row[..row.len().saturating_sub(1)];
-                        (0..old.len())
-                            .find(|&p| p / per == r / per && old[p] == prefix)
-                            .ok_or_else(|| {
-                                OperationError::bad_input(
-                                    "decoding",
-                                    format!("row {r} extends no row of the previous step"),
-                                )
-                            })
-                    })
-                    .collect::<OperationResult<Vec<usize>>>()?;
+                let parents = crate::decoding::find_parents(&old, rows, per)?;
                 if parents.iter().enumerate().any(|(i, &p)| i != p) || parents.len() != old.len() {
                     self.session.select(&parents)?;
                 }

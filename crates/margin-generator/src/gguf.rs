@@ -9,8 +9,8 @@ use candle_core::{Device, Tensor};
 
 use crate::chat::ChatTemplate;
 use crate::generator::{
-    check_contexts, check_parents, check_per_row, score_with, Generator, Limits, Session,
-    SpecialTokens,
+    check_contexts, check_parents, check_per_row, distributions_with, score_with, Generator,
+    Limits, Session, SpecialTokens,
 };
 use crate::llm::{log_softmax, log_softmax_rows, Llm, LlmCache};
 use margin_core::{OperationError, OperationResult};
@@ -206,6 +206,16 @@ impl GgufSession<'_> {
     }
 }
 
+impl GgufSession<'_> {
+    /// Log-probabilities [picks, vocab] after each picked (row, index) of
+    /// `inputs` run after every row; the session's cache is shared, never extended.
+    fn teacher_forced(&self, inputs: &[Vec<u32>], picks: &[(usize, usize)]) -> OperationResult<Tensor> {
+        let mut cache = self.cache.share();
+        let logits = self.run(&mut cache, inputs, picks)?;
+        log_softmax(&logits).map_err(|e| self.model.error(e))
+    }
+}
+
 impl Session for GgufSession<'_> {
     fn rows(&self) -> usize {
         self.cache.rows()
@@ -237,15 +247,14 @@ impl Session for GgufSession<'_> {
     }
 
     fn score(&self, targets: &[Vec<u32>]) -> OperationResult<Vec<Vec<f32>>> {
-        score_with(
-            self,
-            self.model.llm.vocab_size(),
-            targets,
-            |inputs, picks| {
-                let mut cache = self.cache.share();
-                let logits = self.run(&mut cache, inputs, picks)?;
-                log_softmax(&logits).map_err(|e| self.model.error(e))
-            },
-        )
+        score_with(self, self.model.llm.vocab_size(), targets, |inputs, picks| {
+            self.teacher_forced(inputs, picks)
+        })
+    }
+
+    fn distributions(&self, targets: &[Vec<u32>]) -> OperationResult<Vec<Vec<Vec<f32>>>> {
+        distributions_with(self, self.model.llm.vocab_size(), targets, |inputs, picks| {
+            self.teacher_forced(inputs, picks)
+        })
     }
 }

@@ -211,6 +211,16 @@ fn teacher_forcing_scores_what_stepping_gives() {
         let session = g.prepare(&contexts).unwrap();
         let targets = vec![vec![3, 4, 5], vec![9], vec![12, 2, 2, 8], vec![30, 31]];
         let scores = session.score(&targets).unwrap();
+        // Whole distributions: normalised, and the targets' entries are the scores.
+        let distributions = session.distributions(&targets).unwrap();
+        for ((rows, target), got) in distributions.iter().zip(&targets).zip(&scores) {
+            assert_eq!(rows.len(), target.len());
+            for ((row, &token), score) in rows.iter().zip(target).zip(got) {
+                let total: f32 = row.iter().map(|p| p.exp()).sum();
+                assert!((total - 1.0).abs() < 1e-4, "{}: sums to {total}", g.name());
+                assert_eq!(row[token as usize], *score);
+            }
+        }
         for ((context, target), got) in contexts.iter().zip(&targets).zip(&scores) {
             assert_eq!(got.len(), target.len());
             let expected: Vec<f32> = (0..target.len())

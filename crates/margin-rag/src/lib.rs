@@ -1,0 +1,75 @@
+//! Retrieval-augmented generation as Lewis et al. (2020) define it, over any
+//! [`margin_generator::Generator`]: a document prior p(z|x) from retrieval
+//! scores ([`prior`]), contextualised inputs ([`inputs`]), RAG-Token decoding
+//! with the marginal over passages at every step ([`token`]), RAG-Sequence
+//! decoding, thorough and fast ([`sequence`]), the negative log-likelihood of
+//! an answer under either model ([`nll`]), and the posterior p(z|x,y) that
+//! attributes an answer to its passages ([`attribution`]).
+//!
+//! All k passages of a question run as one batch of generator rows.
+
+#![warn(missing_docs)]
+
+pub mod attribution;
+pub mod inputs;
+pub mod nll;
+pub mod prior;
+pub mod sequence;
+pub mod token;
+
+mod math;
+
+pub use prior::document_log_prior;
+
+/// How answers are decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeSettings {
+    /// Beams (1: greedy).
+    pub num_beams: usize,
+    /// Longest output, the generator's start tokens included.
+    pub max_length: usize,
+    /// End of sequence is banned below this length.
+    pub min_length: usize,
+    /// N-grams of this size may occur only once (0: off).
+    pub no_repeat_ngram_size: usize,
+    /// Beam hypotheses are scored sum(log p) / length^this.
+    pub length_penalty: f32,
+    /// A beam search stops once it has `num_beams` finished hypotheses.
+    pub early_stopping: bool,
+    /// Token forced as the first generated one (bart-large: BOS).
+    pub forced_bos_token_id: Option<u32>,
+    /// Token forced at `max_length` (BART: EOS).
+    pub forced_eos_token_id: Option<u32>,
+}
+
+impl DecodeSettings {
+    pub(crate) fn rules(&self, eos: u32) -> margin_generator::decoding::StepRules {
+        margin_generator::decoding::StepRules {
+            eos_token_id: eos,
+            max_length: self.max_length,
+            min_length: self.min_length,
+            no_repeat_ngram_size: self.no_repeat_ngram_size,
+            forced_bos_token_id: self.forced_bos_token_id,
+            forced_eos_token_id: self.forced_eos_token_id,
+        }
+    }
+
+    pub(crate) fn beams(&self, pad: u32, num_return_sequences: usize) -> margin_generator::decoding::BeamSettings {
+        margin_generator::decoding::BeamSettings {
+            num_beams: self.num_beams,
+            length_penalty: self.length_penalty,
+            early_stopping: self.early_stopping,
+            num_return_sequences,
+            pad_token_id: pad,
+        }
+    }
+}
+
+/// One question's passages, as the generator takes them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Question {
+    /// Contextualised input token ids, one per passage.
+    pub contexts: Vec<Vec<u32>>,
+    /// Log prior log p(z|x) of each passage ([`document_log_prior`]).
+    pub doc_log_prior: Vec<f32>,
+}

@@ -1,0 +1,112 @@
+//! RAG-Token: at every step the next-token distribution is marginalised over
+//! the passages, log p(y_t | x, y<t) = logsumexp_z [log p(z|x) + log p(y_t |
+//! x, z, y<t)], and greedy or beam search runs over that marginal
+//! (transformers' `RagTokenForGeneration.generate`).
+
+use margin_core::{OperationError, OperationResult};
+use margin_generator::decoding::{beam_search, find_parents, greedy_search};
+use margin_generator::{Generator, Session};
+
+use crate::math::logsumexp;
+use crate::{DecodeSettings, Question};
+
+/// Decodes one answer per question with RAG-Token. Every question must have
+/// the same number of passages; all (question, hypothesis, passage) rows run
+/// as one batch.
+pub fn generate(
+    generator: &dyn Generator,
+    questions: &[Question],
+    settings: &DecodeSettings,
+) -> OperationResult<Vec<Vec<u32>>> {
+    let n_docs = check_questions(questions)?;
+    let contexts: Vec<Vec<u32>> = questions.iter().flat_map(|q| q.contexts.clone()).collect();
+    let special = generator.special_tokens();
+    let rules = settings.rules(special.eos);
+    let starts = vec![generator.output_start(); questions.len()];
+    let beams = settings.num_beams.max(1);
+    let mut scorer = Marginal {
+        session: generator.prepare(&contexts)?,
+        priors: questions.iter().map(|q| q.doc_log_prior.clone()).collect(),
+        n_docs,
+        beams,
+        previous: None,
+    };
+    if beams == 1 {
+        return greedy_search(starts, &rules, special.pad, |rows| scorer.next_log_probs(rows));
+    }
+    let hypotheses = beam_search(starts, &rules, &settings.beams(special.pad, 1), |rows| {
+        scorer.next_log_probs(rows)
+    })?;
+    Ok(hypotheses.into_iter().map(|mut h| h.remove(0).tokens).collect())
+}
+
+/// Checks that every question has passages, as many as the first, each with a prior.
+pub(crate) fn check_questions(questions: &[Question]) -> OperationResult<usize> {
+    let n_docs = questions
+        .first()
+        .map(|q| q.contexts.len())
+        .ok_or_else(|| OperationError::bad_input("questions", "at least one is needed"))?;
+    for (i, q) in questions.iter().enumerate() {
+        if q.contexts.is_empty() || q.contexts.len() != n_docs || q.doc_log_prior.len() != n_docs {
+            return Err(OperationError::bad_input(
+                format!("question {i}"),
+                format!(
+                    "has {} passages and {} prior scores; every question needs the same number (≥ 1) of both ({n_docs})",
+                    q.contexts.len(),
+                    q.doc_log_prior.len()
+                ),
+            ));
+        }
+    }
+    Ok(n_docs)
+}
+
+/// Marginal next-token log-probabilities of hypothesis rows: row `h`
+/// (question h / beams) is held in the session as rows h × n_docs + z.
+struct Marginal<'s> {
+    session: Box<dyn Session + 's>,
+    priors: Vec<Vec<f32>>,
+    n_docs: usize,
+    beams: usize,
+    previous: Option<Vec<Vec<u32>>>,
+}
+
+impl Marginal<'_> {
+    fn next_log_probs(&mut self, rows: &[Vec<u32>]) -> OperationResult<Vec<Vec<f32>>> {
+        let n = self.n_docs;
+        let hypothesis_parents: Vec<usize> = match &self.previous {
+            // Hypothesis h starts from its question's passages.
+            None => (0..rows.len()).map(|h| h / self.beams).collect(),
+            Some(old) => find_parents(old, rows, self.beams)?,
+        };
+        let first = self.previous.is_none();
+        let parents: Vec<usize> = hypothesis_parents
+            .iter()
+            .flat_map(|&p| (0..n).map(move |z| p * n + z))
+            .collect();
+        if parents.len() != self.session.rows() || parents.iter().enumerate().any(|(i, &p)| i != p) {
+            self.session.select(&parents)?;
+        }
+        if !first {
+            let last: Vec<u32> = rows
+                .iter()
+                .flat_map(|r| std::iter::repeat_n(r[r.len() - 1], n))
+                .collect();
+            self.session.advance(&last)?;
+        }
+        let per_row = self.session.log_probs()?;
+        self.previous = Some(rows.to_vec());
+        Ok(rows
+            .iter()
+            .enumerate()
+            .map(|(h, _)| {
+                let prior = &self.priors[h / self.beams];
+                let docs = &per_row[h * n..(h + 1) * n];
+                let vocab = docs[0].len();
+                (0..vocab)
+                    .map(|v| logsumexp((0..n).map(|z| prior[z] + docs[z][v])))
+                    .collect()
+            })
+            .collect())
+    }
+}
