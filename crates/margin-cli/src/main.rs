@@ -70,8 +70,11 @@ enum Command {
     Docs(commands::index::ListArgs),
     /// Count documents and passages in each store, and check that they agree.
     Status(commands::index::ListArgs),
-    /// Generate text with a GGUF decoder LLM alone (no retrieval).
+    /// Generate text with a generator alone (no retrieval).
     Generate(commands::generate::GenerateArgs),
+    /// Answer a question from the index: retrieve k passages, generate with
+    /// RAG-Token or RAG-Sequence, cite passages with prior and posterior.
+    Ask(commands::ask::AskArgs),
     /// Evaluate on a QA set.
     Eval {
         #[command(subcommand)]
@@ -121,6 +124,7 @@ fn main() -> anyhow::Result<()> {
         Command::Docs(a) => commands::index::docs(&config, a),
         Command::Status(a) => commands::index::status(&config, a),
         Command::Generate(a) => commands::generate::run(&config, a),
+        Command::Ask(a) => commands::ask::run(&config, a),
         Command::Eval { action } => commands::eval::run(&config, action),
         Command::Bench { action } => commands::bench::run(&config, action),
     }

@@ -34,6 +34,8 @@ pub struct Config {
     pub encoder: EncoderConfig,
     /// Where and in what precision the generator runs.
     pub generator: GeneratorConfig,
+    /// Retrieval-augmented answering.
+    pub rag: RagConfig,
     /// Where vectors live and how they are searched.
     pub retrieval: RetrievalConfig,
     /// Connection to a Qdrant server or cluster.
@@ -136,6 +138,22 @@ pub struct GeneratorConfig {
     /// Precision of unquantised weights and activations (BART): f32, f16 or
     /// bf16. GGUF models keep their quantised weights and compute in f32.
     pub dtype: DTypeKind,
+}
+
+/// `[rag]`: how questions are answered from retrieved passages.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RagConfig {
+    /// Passages retrieved and marginalised over (k).
+    pub n_docs: usize,
+    /// Beams per passage (RAG-Sequence) or over the marginal (RAG-Token).
+    pub beams: usize,
+    /// Most tokens an answer may have.
+    pub max_new_tokens: usize,
+    /// The document prior is softmax(retrieval score / this).
+    pub prior_temperature: f32,
+    /// Per-passage prompt of decoder LLMs, with {title}, {text} and {question}.
+    pub prompt: String,
 }
 
 /// Floating-point precision of a model's computation.
@@ -353,6 +371,27 @@ impl Config {
             return Err(OperationError::bad_config(
                 "encoder.batch_size",
                 "must be at least 1",
+            ));
+        }
+        for (key, value) in [
+            ("rag.n_docs", self.rag.n_docs),
+            ("rag.beams", self.rag.beams),
+            ("rag.max_new_tokens", self.rag.max_new_tokens),
+        ] {
+            if value == 0 {
+                return Err(OperationError::bad_config(key, "must be at least 1"));
+            }
+        }
+        if !(self.rag.prior_temperature > 0.0 && self.rag.prior_temperature.is_finite()) {
+            return Err(OperationError::bad_config(
+                "rag.prior_temperature",
+                "must be a number above 0",
+            ));
+        }
+        if !self.rag.prompt.contains("{question}") {
+            return Err(OperationError::bad_config(
+                "rag.prompt",
+                "must contain {question} (and usually {title} and {text})",
             ));
         }
         if self.retrieval.k == 0 {

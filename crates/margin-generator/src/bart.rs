@@ -680,7 +680,11 @@ impl BartSession<'_> {
 impl BartSession<'_> {
     /// Log-probabilities [picks, vocab] after each picked (row, index) of
     /// `inputs` run after every row, the state left as it was.
-    fn teacher_forced(&self, inputs: &[Vec<u32>], picks: &[(usize, usize)]) -> OperationResult<Tensor> {
+    fn teacher_forced(
+        &self,
+        inputs: &[Vec<u32>],
+        picks: &[(usize, usize)],
+    ) -> OperationResult<Tensor> {
         // All rows run equally long: shorter ones are padded at the end,
         // which the causal mask keeps from mattering.
         let n = inputs.iter().map(Vec::len).max().unwrap_or(0);
@@ -735,14 +739,20 @@ impl Session for BartSession<'_> {
     }
 
     fn score(&self, targets: &[Vec<u32>]) -> OperationResult<Vec<Vec<f32>>> {
-        score_with(self, self.bart.config.vocab_size, targets, |inputs, picks| {
-            self.teacher_forced(inputs, picks)
-        })
+        score_with(
+            self,
+            self.bart.config.vocab_size,
+            targets,
+            |inputs, picks| self.teacher_forced(inputs, picks),
+        )
     }
 
     fn distributions(&self, targets: &[Vec<u32>]) -> OperationResult<Vec<Vec<Vec<f32>>>> {
-        distributions_with(self, self.bart.config.vocab_size, targets, |inputs, picks| {
-            self.teacher_forced(inputs, picks)
-        })
+        distributions_with(
+            self,
+            self.bart.config.vocab_size,
+            targets,
+            |inputs, picks| self.teacher_forced(inputs, picks),
+        )
     }
 }

@@ -196,7 +196,9 @@ pub(crate) fn distributions_with(
         .zip(first)
         .map(|(target, first)| {
             std::iter::once(first)
-                .chain((1..target.len()).map(|_| rest.next().expect("one pick per target position")))
+                .chain(
+                    (1..target.len()).map(|_| rest.next().expect("one pick per target position")),
+                )
                 .take(target.len())
                 .collect()
         })

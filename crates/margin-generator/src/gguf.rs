@@ -209,7 +209,11 @@ impl GgufSession<'_> {
 impl GgufSession<'_> {
     /// Log-probabilities [picks, vocab] after each picked (row, index) of
     /// `inputs` run after every row; the session's cache is shared, never extended.
-    fn teacher_forced(&self, inputs: &[Vec<u32>], picks: &[(usize, usize)]) -> OperationResult<Tensor> {
+    fn teacher_forced(
+        &self,
+        inputs: &[Vec<u32>],
+        picks: &[(usize, usize)],
+    ) -> OperationResult<Tensor> {
         let mut cache = self.cache.share();
         let logits = self.run(&mut cache, inputs, picks)?;
         log_softmax(&logits).map_err(|e| self.model.error(e))
@@ -247,14 +251,20 @@ impl Session for GgufSession<'_> {
     }
 
     fn score(&self, targets: &[Vec<u32>]) -> OperationResult<Vec<Vec<f32>>> {
-        score_with(self, self.model.llm.vocab_size(), targets, |inputs, picks| {
-            self.teacher_forced(inputs, picks)
-        })
+        score_with(
+            self,
+            self.model.llm.vocab_size(),
+            targets,
+            |inputs, picks| self.teacher_forced(inputs, picks),
+        )
     }
 
     fn distributions(&self, targets: &[Vec<u32>]) -> OperationResult<Vec<Vec<Vec<f32>>>> {
-        distributions_with(self, self.model.llm.vocab_size(), targets, |inputs, picks| {
-            self.teacher_forced(inputs, picks)
-        })
+        distributions_with(
+            self,
+            self.model.llm.vocab_size(),
+            targets,
+            |inputs, picks| self.teacher_forced(inputs, picks),
+        )
     }
 }

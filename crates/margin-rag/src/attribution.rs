@@ -10,7 +10,11 @@ use crate::Question;
 /// p(z|x,y) for each passage, from the prior log p(z|x) and the answer's
 /// log-likelihood under each passage (-inf: none); sums to 1.
 pub fn posterior(doc_log_prior: &[f32], per_doc: &[f32]) -> Vec<f32> {
-    let joint: Vec<f32> = doc_log_prior.iter().zip(per_doc).map(|(p, s)| p + s).collect();
+    let joint: Vec<f32> = doc_log_prior
+        .iter()
+        .zip(per_doc)
+        .map(|(p, s)| p + s)
+        .collect();
     let total = logsumexp(joint.iter().copied());
     if total == f32::NEG_INFINITY {
         // No passage gives the answer any probability: fall back to the prior.

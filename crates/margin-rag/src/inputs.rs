@@ -10,11 +10,6 @@ pub fn bart_context(title: &str, text: &str, question: &str) -> String {
     format!("{title} / {text} // {question}").replace("  ", " ")
 }
 
-/// The default per-passage prompt of a decoder LLM, sent as the user turn of
-/// its chat template: the passage, then the question.
-pub const DEFAULT_PROMPT: &str =
-    "Answer the question from the passage, in a few words.\n\nPassage: {title}\n{text}\n\nQuestion: {question}";
-
 /// `template` with `{title}`, `{text}` and `{question}` filled in.
 pub fn fill_prompt(template: &str, title: &str, text: &str, question: &str) -> String {
     template
@@ -39,7 +34,8 @@ mod tests {
 
     #[test]
     fn prompts_fill_every_placeholder() {
-        let p = fill_prompt(DEFAULT_PROMPT, "Tides", "The Moon pulls.", "why?");
+        let template = "Passage: {title}\n{text}\n\nQuestion: {question}";
+        let p = fill_prompt(template, "Tides", "The Moon pulls.", "why?");
         assert!(p.contains("Passage: Tides\nThe Moon pulls.") && p.ends_with("Question: why?"));
     }
 }

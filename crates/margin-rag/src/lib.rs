@@ -43,7 +43,8 @@ pub struct DecodeSettings {
 }
 
 impl DecodeSettings {
-    pub(crate) fn rules(&self, eos: u32) -> margin_generator::decoding::StepRules {
+    /// The step rules these settings give, for end-of-sequence token `eos`.
+    pub fn rules(&self, eos: u32) -> margin_generator::decoding::StepRules {
         margin_generator::decoding::StepRules {
             eos_token_id: eos,
             max_length: self.max_length,
@@ -54,7 +55,12 @@ impl DecodeSettings {
         }
     }
 
-    pub(crate) fn beams(&self, pad: u32, num_return_sequences: usize) -> margin_generator::decoding::BeamSettings {
+    /// The beam settings these settings give, padding with `pad`.
+    pub fn beams(
+        &self,
+        pad: u32,
+        num_return_sequences: usize,
+    ) -> margin_generator::decoding::BeamSettings {
         margin_generator::decoding::BeamSettings {
             num_beams: self.num_beams,
             length_penalty: self.length_penalty,
@@ -63,6 +69,18 @@ impl DecodeSettings {
             pad_token_id: pad,
         }
     }
+}
+
+/// Where a decoding call spent its time (added to, so one value can sum
+/// several calls).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// Running the contexts through the generator (encoder or prompt prefill).
+    pub prefill: std::time::Duration,
+    /// Choosing tokens, step by step.
+    pub decode: std::time::Duration,
+    /// RAG-Sequence thorough decoding: scoring every hypothesis against every passage.
+    pub rescore: std::time::Duration,
 }
 
 /// One question's passages, as the generator takes them.

@@ -6,5 +6,9 @@ pub(crate) fn logsumexp(values: impl IntoIterator<Item = f32> + Clone) -> f32 {
     if max == f32::NEG_INFINITY {
         return f32::NEG_INFINITY;
     }
-    max + values.into_iter().map(|v| (v - max).exp()).sum::<f32>().ln()
+    max + values
+        .into_iter()
+        .map(|v| (v - max).exp())
+        .sum::<f32>()
+        .ln()
 }

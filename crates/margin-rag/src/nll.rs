@@ -61,7 +61,12 @@ fn force(
             let docs: Vec<Vec<Vec<f32>>> = distributions[q * n..(q + 1) * n].to_vec();
             let pick = docs
                 .iter()
-                .map(|d| d.iter().zip(target).map(|(row, &t)| row[t as usize]).collect())
+                .map(|d| {
+                    d.iter()
+                        .zip(target)
+                        .map(|(row, &t)| row[t as usize])
+                        .collect()
+                })
                 .collect();
             let sums = docs
                 .iter()

@@ -9,13 +9,22 @@ use crate::math::logsumexp;
 /// scores / `temperature` (1: RAG's prior; higher: flatter).
 pub fn document_log_prior(scores: &[f32], temperature: f32) -> OperationResult<Vec<f32>> {
     if scores.is_empty() {
-        return Err(OperationError::bad_input("doc_scores", "at least one passage is needed"));
+        return Err(OperationError::bad_input(
+            "doc_scores",
+            "at least one passage is needed",
+        ));
     }
     if !(temperature > 0.0 && temperature.is_finite()) {
-        return Err(OperationError::bad_input("temperature", "must be a number above 0"));
+        return Err(OperationError::bad_input(
+            "temperature",
+            "must be a number above 0",
+        ));
     }
     if let Some(bad) = scores.iter().find(|s| !s.is_finite()) {
-        return Err(OperationError::bad_input("doc_scores", format!("{bad} is not a finite score")));
+        return Err(OperationError::bad_input(
+            "doc_scores",
+            format!("{bad} is not a finite score"),
+        ));
     }
     let scaled: Vec<f32> = scores.iter().map(|s| s / temperature).collect();
     let total = logsumexp(scaled.iter().copied());

@@ -15,7 +15,8 @@ use margin_generator::{Generator, Stepper};
 use crate::math::logsumexp;
 use crate::nll::{sequence_loss, NllOptions};
 use crate::token::check_questions;
-use crate::{DecodeSettings, Question};
+use crate::{DecodeSettings, Question, Timings};
+use std::time::Instant;
 
 /// Which RAG-Sequence decoding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,13 +48,18 @@ pub fn generate(
     settings: &DecodeSettings,
     decoding: SequenceDecoding,
     num_return: usize,
+    timings: &mut Timings,
 ) -> OperationResult<Vec<Vec<SequenceAnswer>>> {
     let n = check_questions(questions)?;
     let special = generator.special_tokens();
     let start = generator.output_start();
     let contexts: Vec<Vec<u32>> = questions.iter().flat_map(|q| q.contexts.clone()).collect();
     let beams = settings.num_beams.max(1);
-    let mut stepper = Stepper::new(generator.prepare(&contexts)?, beams);
+    let began = Instant::now();
+    let session = generator.prepare(&contexts)?;
+    timings.prefill += began.elapsed();
+    let began = Instant::now();
+    let mut stepper = Stepper::new(session, beams);
     let per_context = beam_search(
         vec![start.clone(); contexts.len()],
         &settings.rules(special.eos),
@@ -61,6 +67,7 @@ pub fn generate(
         |rows| stepper.next_log_probs(rows),
     )?;
     drop(stepper);
+    timings.decode += began.elapsed();
 
     // Per question: the deduplicated union of its passages' hypotheses, in
     // order of first appearance, with the beams' own scores (fast decoding).
@@ -98,7 +105,12 @@ pub fn generate(
                 answers
             })
             .collect(),
-        SequenceDecoding::Thorough => thorough(generator, questions, &contexts, candidates, start.len())?,
+        SequenceDecoding::Thorough => {
+            let began = Instant::now();
+            let ranked = thorough(generator, questions, &contexts, candidates, start.len())?;
+            timings.rescore += began.elapsed();
+            ranked
+        }
     };
     Ok(ranked
         .into_iter()
@@ -146,7 +158,9 @@ fn thorough(
     let mut out = Vec::with_capacity(questions.len());
     for (union, question) in candidates.into_iter().zip(questions) {
         let use_bos = special.bos.is_some()
-            && union.iter().all(|(t, _)| t.get(start).copied() == special.bos);
+            && union
+                .iter()
+                .all(|(t, _)| t.get(start).copied() == special.bos);
         let mut ranked: Vec<(f32, SequenceAnswer)> = union
             .into_iter()
             .map(|(tokens, _)| {

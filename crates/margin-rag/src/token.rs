@@ -8,7 +8,8 @@ use margin_generator::decoding::{beam_search, find_parents, greedy_search};
 use margin_generator::{Generator, Session};
 
 use crate::math::logsumexp;
-use crate::{DecodeSettings, Question};
+use crate::{DecodeSettings, Question, Timings};
+use std::time::Instant;
 
 /// Decodes one answer per question with RAG-Token. Every question must have
 /// the same number of passages; all (question, hypothesis, passage) rows run
@@ -17,6 +18,7 @@ pub fn generate(
     generator: &dyn Generator,
     questions: &[Question],
     settings: &DecodeSettings,
+    timings: &mut Timings,
 ) -> OperationResult<Vec<Vec<u32>>> {
     let n_docs = check_questions(questions)?;
     let contexts: Vec<Vec<u32>> = questions.iter().flat_map(|q| q.contexts.clone()).collect();
@@ -24,20 +26,31 @@ pub fn generate(
     let rules = settings.rules(special.eos);
     let starts = vec![generator.output_start(); questions.len()];
     let beams = settings.num_beams.max(1);
+    let began = Instant::now();
+    let session = generator.prepare(&contexts)?;
+    timings.prefill += began.elapsed();
+    let began = Instant::now();
     let mut scorer = Marginal {
-        session: generator.prepare(&contexts)?,
+        session,
         priors: questions.iter().map(|q| q.doc_log_prior.clone()).collect(),
         n_docs,
         beams,
         previous: None,
     };
-    if beams == 1 {
-        return greedy_search(starts, &rules, special.pad, |rows| scorer.next_log_probs(rows));
-    }
-    let hypotheses = beam_search(starts, &rules, &settings.beams(special.pad, 1), |rows| {
-        scorer.next_log_probs(rows)
-    })?;
-    Ok(hypotheses.into_iter().map(|mut h| h.remove(0).tokens).collect())
+    let answers = if beams == 1 {
+        greedy_search(starts, &rules, special.pad, |rows| {
+            scorer.next_log_probs(rows)
+        })?
+    } else {
+        beam_search(starts, &rules, &settings.beams(special.pad, 1), |rows| {
+            scorer.next_log_probs(rows)
+        })?
+        .into_iter()
+        .map(|mut h| h.remove(0).tokens)
+        .collect()
+    };
+    timings.decode += began.elapsed();
+    Ok(answers)
 }
 
 /// Checks that every question has passages, as many as the first, each with a prior.
@@ -84,7 +97,8 @@ impl Marginal<'_> {
             .iter()
             .flat_map(|&p| (0..n).map(move |z| p * n + z))
             .collect();
-        if parents.len() != self.session.rows() || parents.iter().enumerate().any(|(i, &p)| i != p) {
+        if parents.len() != self.session.rows() || parents.iter().enumerate().any(|(i, &p)| i != p)
+        {
             self.session.select(&parents)?;
         }
         if !first {

@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 use margin_generator::bart::Bart;
 use margin_rag::nll::{sequence_nll, token_nll, NllOptions};
 use margin_rag::sequence::{self, SequenceDecoding};
-use margin_rag::{document_log_prior, token, DecodeSettings, Question};
+use margin_rag::{document_log_prior, token, DecodeSettings, Question, Timings};
 use serde_json::Value;
 
 fn setup() -> (Bart, Value, Vec<Question>) {
@@ -17,13 +17,26 @@ fn setup() -> (Bart, Value, Vec<Question>) {
         &std::fs::read_to_string(root.join("tests/fixtures/rag_reference.json")).unwrap(),
     )
     .unwrap();
-    let bart = Bart::load(&root.join("tests/fixtures/bart/tiny-gelu"), &Device::Cpu, DType::F32).unwrap();
-    let ids: Vec<Vec<u32>> = serde_json::from_value(reference["context_input_ids"].clone()).unwrap();
-    let mask: Vec<Vec<u32>> = serde_json::from_value(reference["context_attention_mask"].clone()).unwrap();
+    let bart = Bart::load(
+        &root.join("tests/fixtures/bart/tiny-gelu"),
+        &Device::Cpu,
+        DType::F32,
+    )
+    .unwrap();
+    let ids: Vec<Vec<u32>> =
+        serde_json::from_value(reference["context_input_ids"].clone()).unwrap();
+    let mask: Vec<Vec<u32>> =
+        serde_json::from_value(reference["context_attention_mask"].clone()).unwrap();
     let contexts: Vec<Vec<u32>> = ids
         .into_iter()
         .zip(mask)
-        .map(|(ids, mask)| ids.into_iter().zip(mask).filter(|(_, m)| *m == 1).map(|(t, _)| t).collect())
+        .map(|(ids, mask)| {
+            ids.into_iter()
+                .zip(mask)
+                .filter(|(_, m)| *m == 1)
+                .map(|(t, _)| t)
+                .collect()
+        })
         .collect();
     let scores: Vec<Vec<f32>> = serde_json::from_value(reference["doc_scores"].clone()).unwrap();
     let n = reference["n_docs"].as_u64().unwrap() as usize;
@@ -61,7 +74,13 @@ fn rag_token_greedy_and_beam_give_transformers_ids() {
     let (bart, reference, questions) = setup();
     for run in ["token_greedy", "token_greedy_no_repeat", "token_beam"] {
         let run_ref = &reference[run];
-        let got = token::generate(&bart, &questions, &settings(&reference, run_ref)).unwrap();
+        let got = token::generate(
+            &bart,
+            &questions,
+            &settings(&reference, run_ref),
+            &mut Timings::default(),
+        )
+        .unwrap();
         assert_eq!(got, expected(run_ref), "{run}");
     }
 }
@@ -81,6 +100,7 @@ fn rag_sequence_thorough_gives_transformers_ids() {
         &settings(&reference, run),
         SequenceDecoding::Thorough,
         1,
+        &mut Timings::default(),
     )
     .unwrap();
     let want = expected(run);

@@ -1,0 +1,116 @@
+//! Properties of the marginalisations on the tiny random BART, for random
+//! passages and document scores: one passage reduces both models to plain
+//! generation; posteriors are distributions; fast RAG-Sequence decoding
+//! never scores a hypothesis above thorough decoding.
+
+use candle_core::{DType, Device};
+use margin_generator::bart::Bart;
+use margin_generator::decoding::{beam_search, greedy_search};
+use margin_generator::{Generator, Stepper};
+use margin_rag::attribution::{answer_likelihoods, posterior};
+use margin_rag::sequence::{self, SequenceDecoding};
+use margin_rag::{document_log_prior, token, DecodeSettings, Question, Timings};
+use proptest::prelude::*;
+
+fn bart() -> Bart {
+    let dir = margin_testkit::workspace_root().join("tests/fixtures/bart/tiny-gelu");
+    Bart::load(&dir, &Device::Cpu, DType::F32).unwrap()
+}
+
+fn settings(num_beams: usize) -> DecodeSettings {
+    DecodeSettings {
+        num_beams,
+        max_length: 8,
+        min_length: 0,
+        no_repeat_ngram_size: 2,
+        length_penalty: 1.0,
+        early_stopping: true,
+        forced_bos_token_id: None,
+        forced_eos_token_id: Some(2),
+    }
+}
+
+/// A context of the tiny vocabulary: BOS, 1–8 ordinary tokens, EOS.
+fn context() -> impl Strategy<Value = Vec<u32>> {
+    prop::collection::vec(3u32..96, 1..8).prop_map(|mut body| {
+        body.insert(0, 0);
+        body.push(2);
+        body
+    })
+}
+
+fn question(contexts: Vec<Vec<u32>>, scores: &[f32]) -> Question {
+    Question {
+        contexts,
+        doc_log_prior: document_log_prior(scores, 1.0).unwrap(),
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn one_passage_is_plain_generation(ctx in context(), score in -5.0f32..5.0, beams in 1usize..4) {
+        let bart = bart();
+        let q = question(vec![ctx.clone()], &[score]);
+        let s = settings(beams);
+        let rules = s.rules(bart.special_tokens().eos);
+        let start = vec![bart.output_start()];
+        let mut stepper = Stepper::new(bart.prepare(std::slice::from_ref(&ctx)).unwrap(), beams);
+        let plain: Vec<u32> = if beams == 1 {
+            greedy_search(start, &rules, 1, |r| stepper.next_log_probs(r)).unwrap().remove(0)
+        } else {
+            beam_search(start, &rules, &s.beams(1, 1), |r| stepper.next_log_probs(r)).unwrap().remove(0).remove(0).tokens
+        };
+        let rag = token::generate(&bart, std::slice::from_ref(&q), &s, &mut Timings::default()).unwrap().remove(0);
+        prop_assert_eq!(&rag, &plain);
+        // RAG-Sequence: p(y|x) is p(y|x,z), scored exactly as the beams did.
+        for decoding in [SequenceDecoding::Thorough, SequenceDecoding::Fast] {
+            let answers = sequence::generate(&bart, std::slice::from_ref(&q), &s, decoding, 10, &mut Timings::default()).unwrap().remove(0);
+            for a in &answers {
+                prop_assert!((a.log_prob - a.per_doc[0]).abs() < 1e-5);
+                let alone = answer_likelihoods(&bart, &q, &a.tokens[1..]).unwrap()[0];
+                prop_assert!((a.per_doc[0] - alone).abs() < 1e-3, "{} vs {}", a.per_doc[0], alone);
+            }
+        }
+    }
+
+    #[test]
+    fn posteriors_are_distributions(
+        contexts in prop::collection::vec(context(), 1..5),
+        scores in prop::collection::vec(-5.0f32..5.0, 5),
+    ) {
+        let bart = bart();
+        let n = contexts.len();
+        let q = question(contexts, &scores[..n]);
+        let answer = token::generate(&bart, std::slice::from_ref(&q), &settings(1), &mut Timings::default()).unwrap().remove(0);
+        let per_doc = answer_likelihoods(&bart, &q, &answer[1..]).unwrap();
+        let post = posterior(&q.doc_log_prior, &per_doc);
+        prop_assert!((post.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        prop_assert!(post.iter().all(|p| (0.0..=1.0).contains(p)));
+    }
+
+    #[test]
+    fn fast_never_scores_above_thorough(
+        contexts in prop::collection::vec(context(), 2..5),
+        scores in prop::collection::vec(-5.0f32..5.0, 5),
+    ) {
+        let bart = bart();
+        let n = contexts.len();
+        let q = question(contexts, &scores[..n]);
+        let s = settings(3);
+        let thorough = sequence::generate(&bart, std::slice::from_ref(&q), &s, SequenceDecoding::Thorough, 100, &mut Timings::default()).unwrap().remove(0);
+        let fast = sequence::generate(&bart, std::slice::from_ref(&q), &s, SequenceDecoding::Fast, 100, &mut Timings::default()).unwrap().remove(0);
+        prop_assert_eq!(fast.len(), thorough.len());
+        for f in &fast {
+            let t = thorough.iter().find(|t| t.tokens == f.tokens).expect("the same candidates");
+            prop_assert!(f.log_prob <= t.log_prob + 1e-4, "{} > {}", f.log_prob, t.log_prob);
+            // Where fast has a score, the beam's own log-probability is the forced one.
+            for (a, b) in f.per_doc.iter().zip(&t.per_doc) {
+                if a.is_finite() {
+                    prop_assert!((a - b).abs() < 1e-3, "{} vs {}", a, b);
+                }
+            }
+        }
+    }
+}
