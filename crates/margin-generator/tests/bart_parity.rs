@@ -32,17 +32,10 @@ fn ids(value: &Value) -> Vec<Vec<u32>> {
 
 /// The encoder inputs without their padding, as a generator takes them.
 fn contexts(reference: &Value) -> Vec<Vec<u32>> {
-    ids(&reference["encoder_input_ids"])
-        .into_iter()
-        .zip(ids(&reference["attention_mask"]))
-        .map(|(ids, mask)| {
-            ids.into_iter()
-                .zip(mask)
-                .filter(|(_, m)| *m == 1)
-                .map(|(t, _)| t)
-                .collect()
-        })
-        .collect()
+    margin_testkit::unpadded(
+        ids(&reference["encoder_input_ids"]),
+        ids(&reference["attention_mask"]),
+    )
 }
 
 fn tensor(rows: &[Vec<u32>]) -> Tensor {

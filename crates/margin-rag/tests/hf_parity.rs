@@ -27,17 +27,7 @@ fn setup() -> (Bart, Value, Vec<Question>) {
         serde_json::from_value(reference["context_input_ids"].clone()).unwrap();
     let mask: Vec<Vec<u32>> =
         serde_json::from_value(reference["context_attention_mask"].clone()).unwrap();
-    let contexts: Vec<Vec<u32>> = ids
-        .into_iter()
-        .zip(mask)
-        .map(|(ids, mask)| {
-            ids.into_iter()
-                .zip(mask)
-                .filter(|(_, m)| *m == 1)
-                .map(|(t, _)| t)
-                .collect()
-        })
-        .collect();
+    let contexts = margin_testkit::unpadded(ids, mask);
     let scores: Vec<Vec<f32>> = serde_json::from_value(reference["doc_scores"].clone()).unwrap();
     let n = reference["n_docs"].as_u64().unwrap() as usize;
     let questions = scores

@@ -154,3 +154,18 @@ pub fn write_tiny_bert(dir: &Path, style: TinyBertStyle, max_position_embeddings
         .unwrap();
     }
 }
+
+/// Rows of token ids without the positions their 0/1 attention mask hides
+/// (reference fixtures store padded batches; generators take unpadded rows).
+pub fn unpadded(ids: Vec<Vec<u32>>, mask: Vec<Vec<u32>>) -> Vec<Vec<u32>> {
+    ids.into_iter()
+        .zip(mask)
+        .map(|(ids, mask)| {
+            ids.into_iter()
+                .zip(mask)
+                .filter(|(_, m)| *m == 1)
+                .map(|(t, _)| t)
+                .collect()
+        })
+        .collect()
+}
