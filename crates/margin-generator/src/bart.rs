@@ -729,6 +729,16 @@ impl Session for BartSession<'_> {
         Ok(())
     }
 
+    fn fork(&self, parents: &[usize]) -> OperationResult<Box<dyn Session + '_>> {
+        let mut fork = BartSession {
+            bart: self.bart,
+            state: self.state.clone(),
+            log_probs: self.log_probs.clone(),
+        };
+        fork.select(parents)?;
+        Ok(Box::new(fork))
+    }
+
     fn advance(&mut self, tokens: &[u32]) -> OperationResult<()> {
         check_per_row(self.rows(), "tokens", tokens.len())?;
         let rows: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();

@@ -55,6 +55,10 @@ pub trait Session {
     /// Rearranges rows: new row `i` continues old row `parents[i]`; rows may
     /// be dropped and duplicated (beam search, one context per hypothesis).
     fn select(&mut self, parents: &[usize]) -> OperationResult<()>;
+    /// A new session whose row `i` is row `parents[i]` of this one, which
+    /// stays as it was: the same prefill serves a decoding run and, later,
+    /// a rescoring run.
+    fn fork(&self, parents: &[usize]) -> OperationResult<Box<dyn Session + '_>>;
     /// Appends `tokens[i]` to row `i`.
     fn advance(&mut self, tokens: &[u32]) -> OperationResult<()>;
     /// Teacher forcing: `out[i][t]` = log p(`targets[i][t]` | row `i`,

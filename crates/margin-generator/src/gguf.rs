@@ -239,6 +239,19 @@ impl Session for GgufSession<'_> {
         Ok(())
     }
 
+    fn fork(&self, parents: &[usize]) -> OperationResult<Box<dyn Session + '_>> {
+        check_parents(self.rows(), parents)?;
+        Ok(Box::new(GgufSession {
+            model: self.model,
+            // Selection copies into new buffers: the fork never writes ours.
+            cache: self
+                .cache
+                .select(parents)
+                .map_err(|e| self.model.error(e))?,
+            log_probs: parents.iter().map(|&p| self.log_probs[p].clone()).collect(),
+        }))
+    }
+
     fn advance(&mut self, tokens: &[u32]) -> OperationResult<()> {
         check_per_row(self.rows(), "tokens", tokens.len())?;
         let rows: Vec<Vec<u32>> = tokens.iter().map(|&t| vec![t]).collect();

@@ -181,10 +181,11 @@ fn stepping_and_reordering_rows_agree_with_fresh_runs() {
     let dir = tempfile::tempdir().unwrap();
     for g in generators(dir.path()) {
         let contexts = contexts();
-        let mut session = g.prepare(&contexts).unwrap();
-        // Row i continues context parents[i]: reordered, duplicated, one dropped.
+        let prepared = g.prepare(&contexts).unwrap();
+        // Row i continues context parents[i]: reordered, duplicated, one dropped;
+        // a fork, so that the prepared session stays as it was.
         let parents = [2, 0, 2, 3];
-        session.select(&parents).unwrap();
+        let mut session = prepared.fork(&parents).unwrap();
         let steps: [[u32; 4]; 3] = [[3, 4, 5, 6], [10, 11, 12, 13], [6, 6, 7, 60]];
         for step in &steps {
             session.advance(step).unwrap();

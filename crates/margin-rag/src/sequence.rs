@@ -10,7 +10,7 @@
 
 use margin_core::OperationResult;
 use margin_generator::decoding::{beam_search, Hypothesis};
-use margin_generator::{Generator, Stepper};
+use margin_generator::{Generator, Session, Stepper};
 
 use crate::math::logsumexp;
 use crate::nll::{sequence_loss, NllOptions};
@@ -56,10 +56,11 @@ pub fn generate(
     let contexts: Vec<Vec<u32>> = questions.iter().flat_map(|q| q.contexts.clone()).collect();
     let beams = settings.num_beams.max(1);
     let began = Instant::now();
-    let session = generator.prepare(&contexts)?;
+    let prepared = generator.prepare(&contexts)?;
     timings.prefill += began.elapsed();
     let began = Instant::now();
-    let mut stepper = Stepper::new(session, beams);
+    let identity: Vec<usize> = (0..contexts.len()).collect();
+    let mut stepper = Stepper::new(prepared.fork(&identity)?, beams);
     let per_context = beam_search(
         vec![start.clone(); contexts.len()],
         &settings.rules(special.eos),
@@ -107,7 +108,13 @@ pub fn generate(
             .collect(),
         SequenceDecoding::Thorough => {
             let began = Instant::now();
-            let ranked = thorough(generator, questions, &contexts, candidates, start.len())?;
+            let ranked = thorough(
+                generator,
+                prepared.as_ref(),
+                questions,
+                candidates,
+                start.len(),
+            )?;
             timings.rescore += began.elapsed();
             ranked
         }
@@ -122,15 +129,16 @@ pub fn generate(
 }
 
 /// Scores every candidate against every passage of its question in one
-/// batch and ranks by transformers' thorough-decoding loss.
+/// batch, forked from the passages' prefill, and ranks by transformers'
+/// thorough-decoding loss.
 fn thorough(
     generator: &dyn Generator,
+    prepared: &dyn Session,
     questions: &[Question],
-    contexts: &[Vec<u32>],
     candidates: Vec<Vec<(Vec<u32>, Vec<f32>)>>,
     start: usize,
 ) -> OperationResult<Vec<Vec<SequenceAnswer>>> {
-    let n = contexts.len() / questions.len();
+    let n = prepared.rows() / questions.len();
     let special = generator.special_tokens();
     // Rows (question, candidate, passage), each continuing its passage's context.
     let mut parents = Vec::new();
@@ -143,9 +151,8 @@ fn thorough(
             }
         }
     }
-    let mut session = generator.prepare(contexts)?;
-    session.select(&parents)?;
-    let scores = session.score(&targets)?;
+    // The passages' prefill is reused: one fork, a row per (candidate, passage).
+    let scores = prepared.fork(&parents)?.score(&targets)?;
     let options = NllOptions {
         epsilon: 0.0,
         exclude_bos_score: true,
