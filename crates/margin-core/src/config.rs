@@ -152,6 +152,9 @@ pub struct RagConfig {
     pub max_new_tokens: usize,
     /// The document prior is softmax(retrieval score / this).
     pub prior_temperature: f32,
+    /// BART inputs are cut to this many tokens (transformers' RAG:
+    /// max_combined_length = 300); 0: the generator's own limit.
+    pub max_context_tokens: usize,
     /// Per-passage prompt of decoder LLMs, with {title}, {text} and {question}.
     pub prompt: String,
 }
@@ -617,6 +620,30 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("chunking.words"), "{err}");
+    }
+
+    #[test]
+    fn rag_settings_are_checked() {
+        for (key, value) in [
+            ("rag.n_docs", "0"),
+            ("rag.beams", "0"),
+            ("rag.prior_temperature", "0"),
+            ("rag.prompt", "Passage: {text}"),
+        ] {
+            let err = Config::load(&ConfigSources {
+                env: env(&[]),
+                overrides: vec![(key.into(), value.into())],
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(err.to_string().contains(key), "{key}: {err}");
+        }
+        let ok = Config::load(&ConfigSources {
+            env: env(&[("MARGIN__RAG__PRIOR_TEMPERATURE", "1.0")]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(ok.rag.prior_temperature, 1.0);
     }
 
     #[test]

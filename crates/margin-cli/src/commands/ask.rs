@@ -136,7 +136,7 @@ pub fn run(config: &Config, args: AskArgs) -> anyhow::Result<()> {
         .map(|h| {
             context(
                 &loaded,
-                &config.rag.prompt,
+                config,
                 &h.passage.title,
                 &h.passage.text,
                 &args.question,
@@ -260,21 +260,37 @@ pub fn run(config: &Config, args: AskArgs) -> anyhow::Result<()> {
 }
 
 /// The generator input for one passage: BART's "title / text // question",
-/// or `template` (rag.prompt) through a decoder LLM's chat template.
+/// cut to rag.max_context_tokens, or rag.prompt through a decoder LLM's chat
+/// template.
 fn context(
     loaded: &LoadedGenerator,
-    template: &str,
+    config: &Config,
     title: &str,
     text: &str,
     question: &str,
 ) -> anyhow::Result<Vec<u32>> {
     let limit = loaded.model.limits().max_context_tokens;
     if !loaded.model.output_start().is_empty() {
-        let mut ids = loaded.tokenize(&bart_context(title, text, question))?;
-        ids.truncate(limit);
+        // With BART's special tokens, as transformers' RAG tokenises them;
+        // truncation keeps the closing EOS.
+        let mut ids = loaded
+            .tokenizer
+            .encode(bart_context(title, text, question), true)
+            .map_err(|e| anyhow::anyhow!("tokenizing for {}: {e}", loaded.name))?
+            .get_ids()
+            .to_vec();
+        let cut = match config.rag.max_context_tokens {
+            0 => limit,
+            n => n.min(limit),
+        };
+        if ids.len() > cut && cut > 1 {
+            let last = ids[ids.len() - 1];
+            ids.truncate(cut - 1);
+            ids.push(last);
+        }
         return Ok(ids);
     }
-    let prompt = fill_prompt(template, title, text, question);
+    let prompt = fill_prompt(&config.rag.prompt, title, text, question);
     let text = match &loaded.chat_template {
         Some(template) => template.render(&[ChatMessage::new("user", prompt)], true)?,
         None => prompt,
