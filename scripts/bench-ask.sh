@@ -36,11 +36,11 @@ def norm(s):
     s = "".join(c for c in s if c not in set(string.punctuation))
     s = re.sub(r"\b(a|an|the)\b", " ", s)
     return " ".join(s.split())
-print(f"{'mode':<20} {'n':>3} {'retrieve':>9} {'prefill':>8} {'decode':>8} {'rescore':>8} {'attribute':>9} {'total':>8} {'contains':>8}")
+print(f"{'mode':<20} {'n':>3} {'load':>6} {'retrieve':>9} {'prefill':>8} {'decode':>8} {'rescore':>8} {'attribute':>9} {'total':>8} {'contains':>8}")
 for path in sorted(pathlib.Path(sys.argv[1]).glob("*.jsonl")):
     rows = [json.loads(l) for l in path.read_text().splitlines()]
     med = lambda k: statistics.median(r["timings"][k] for r in rows)
-    total = statistics.median(sum(r["timings"].values()) for r in rows)
+    total = statistics.median(sum(v for k, v in r["timings"].items() if k != "load") for r in rows)
     hit = sum(any(norm(a) in norm(r["answer"]) for a in (r["answers"] if isinstance(r["answers"], list) else [r["answers"]])) for r in rows)
-    print(f"{path.stem:<20} {len(rows):>3} {med('retrieve'):>9.0f} {med('prefill'):>8.0f} {med('decode'):>8.0f} {med('rescore'):>8.0f} {med('attribute'):>9.0f} {total:>8.0f} {hit:>5}/{len(rows)}")
+    print(f"{path.stem:<20} {len(rows):>3} {med('load'):>6.0f} {med('retrieve'):>9.0f} {med('prefill'):>8.0f} {med('decode'):>8.0f} {med('rescore'):>8.0f} {med('attribute'):>9.0f} {total:>8.0f} {hit:>5}/{len(rows)}")
 PY

@@ -95,6 +95,8 @@ struct AskReport {
 
 #[derive(Debug, Serialize)]
 struct TimingsMs {
+    /// Opening the index and loading the encoder and generator.
+    load: f64,
     retrieve: f64,
     prefill: f64,
     decode: f64,
@@ -116,6 +118,9 @@ pub fn run(config: &Config, args: AskArgs) -> anyhow::Result<()> {
     anyhow::ensure!(max_new_tokens > 0, "--max-new-tokens: must be at least 1");
     let began = Instant::now();
     let index = crate::wiring::open_index(config)?;
+    let loaded = crate::wiring::generator(config, args.model.as_deref())?;
+    let load = began.elapsed();
+    let began = Instant::now();
     let mode = args.search_mode.unwrap_or(config.retrieval.mode);
     let hits = index.search(&args.question, n_docs, mode)?;
     let retrieve = began.elapsed();
@@ -129,7 +134,6 @@ pub fn run(config: &Config, args: AskArgs) -> anyhow::Result<()> {
         .unwrap_or(config.rag.prior_temperature);
     let prior = document_log_prior(&scores, temperature)?;
 
-    let loaded = crate::wiring::generator(config, args.model.as_deref())?;
     let model = loaded.model.as_ref();
     let contexts = hits
         .iter()
@@ -231,6 +235,7 @@ pub fn run(config: &Config, args: AskArgs) -> anyhow::Result<()> {
         model: loaded.name.clone(),
         citations,
         timings_ms: TimingsMs {
+            load: ms(load),
             retrieve: ms(retrieve),
             prefill: ms(timings.prefill),
             decode: ms(timings.decode),
@@ -253,8 +258,8 @@ pub fn run(config: &Config, args: AskArgs) -> anyhow::Result<()> {
     }
     let t = &report.timings_ms;
     eprintln!(
-        "RAG-{}, {} passages, {}: retrieve {:.0} ms, prefill {:.0} ms, decode {:.0} ms, rescore {:.0} ms, attribute {:.0} ms",
-        report.mode, hits.len(), report.model, t.retrieve, t.prefill, t.decode, t.rescore, t.attribute
+        "RAG-{}, {} passages, {}: load {:.0} ms, retrieve {:.0} ms, prefill {:.0} ms, decode {:.0} ms, rescore {:.0} ms, attribute {:.0} ms",
+        report.mode, hits.len(), report.model, t.load, t.retrieve, t.prefill, t.decode, t.rescore, t.attribute
     );
     Ok(())
 }
