@@ -126,11 +126,6 @@ impl LlmCache {
         self.slots[row].iter().filter(|s| s.is_some()).count()
     }
 
-    /// Whether no row holds a token.
-    pub fn is_empty(&self) -> bool {
-        (0..self.rows()).all(|r| self.len(r) == 0)
-    }
-
     /// The cache whose row `i` is row `parents[i]` of this one.
     pub fn select(&self, parents: &[usize]) -> Result<LlmCache> {
         let kv = match self.kv.iter().flatten().next() {
@@ -291,11 +286,6 @@ impl Llm {
     /// Layers, as [`LlmCache::new`] wants them.
     pub fn layer_count(&self) -> usize {
         self.layers.len()
-    }
-
-    /// The device the weights are on.
-    pub fn device(&self) -> &Device {
-        &self.device
     }
 
     /// Runs `tokens[r]` after what row `r` of `cache` holds (rows may add
