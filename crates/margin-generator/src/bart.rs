@@ -11,8 +11,8 @@ use margin_core::{OperationError, OperationResult};
 use serde::Deserialize;
 
 use crate::generator::{
-    check_contexts, check_parents, check_per_row, distributions_with, score_with, Generator,
-    Limits, Session, SpecialTokens,
+    check_contexts, check_parents, check_per_row, distributions_with, gather, score_with,
+    Generator, Limits, Session, SpecialTokens,
 };
 
 /// The fields of a Hugging Face BART `config.json` that the forward pass uses.
@@ -753,7 +753,7 @@ impl Session for BartSession<'_> {
             self,
             self.bart.config.vocab_size,
             targets,
-            |inputs, picks| self.teacher_forced(inputs, picks),
+            |inputs, picks, wanted| gather(&self.teacher_forced(inputs, picks)?, wanted),
         )
     }
 

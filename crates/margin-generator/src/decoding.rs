@@ -244,10 +244,18 @@ struct Slot {
     raw: Vec<f32>,
 }
 
-/// Indices of the `k` largest scores, best first; ties keep the lower index.
+/// Indices of the `k` largest scores, best first; ties keep the lower index;
+/// NaN ranks as -inf (total_cmp would put it above +inf).
 fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
+    let key = |i: usize| {
+        if scores[i].is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            scores[i]
+        }
+    };
     let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    order.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
     order.truncate(k);
     order
 }

@@ -138,29 +138,24 @@ pub(crate) fn check_per_row(rows: usize, what: &str, count: usize) -> OperationR
 
 /// Teacher forcing shared by the sessions: the first target token's
 /// log-probability comes from the session's current log-probs, the rest from
-/// one `run` over the targets but their last token, which returns
-/// log-probabilities [picks, vocab] after each picked (row, index).
+/// one `run` over the targets but their last token, which returns the
+/// log-probability of `wanted[i]` after each picked (row, index) `i`.
 pub(crate) fn score_with(
     session: &dyn Session,
     vocab: usize,
     targets: &[Vec<u32>],
-    run: impl FnOnce(&[Vec<u32>], &[(usize, usize)]) -> OperationResult<Tensor>,
+    run: impl FnOnce(&[Vec<u32>], &[(usize, usize)], &[u32]) -> OperationResult<Vec<f32>>,
 ) -> OperationResult<Vec<Vec<f32>>> {
     let (first, inputs, picks) = teacher_forcing_plan(session, vocab, targets)?;
     let rest: Vec<f32> = if picks.is_empty() {
         Vec::new()
     } else {
-        let log_probs = run(&inputs, &picks)?;
-        // Only the target's log-probability leaves the device.
+        // The token each pick is asked about: the target's next one.
         let wanted: Vec<u32> = targets
             .iter()
             .flat_map(|t| t.iter().skip(1).copied())
             .collect();
-        (|| {
-            let wanted = Tensor::from_vec(wanted, (picks.len(), 1), log_probs.device())?;
-            log_probs.gather(&wanted, 1)?.flatten_all()?.to_vec1()
-        })()
-        .map_err(|e| OperationError::model("score", e))?
+        run(&inputs, &picks, &wanted)?
     };
     let mut rest = rest.into_iter();
     Ok(targets
@@ -177,6 +172,16 @@ pub(crate) fn score_with(
                 .collect()
         })
         .collect())
+}
+
+/// `log_probs[i][wanted[i]]` for log-probabilities [picks, vocab]; only
+/// those values leave the device.
+pub(crate) fn gather(log_probs: &Tensor, wanted: &[u32]) -> OperationResult<Vec<f32>> {
+    (|| {
+        let wanted = Tensor::from_vec(wanted.to_vec(), (wanted.len(), 1), log_probs.device())?;
+        log_probs.gather(&wanted, 1)?.flatten_all()?.to_vec1()
+    })()
+    .map_err(|e| OperationError::model("score", e))
 }
 
 /// [`score_with`], keeping whole distributions.

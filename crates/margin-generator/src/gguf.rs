@@ -9,8 +9,8 @@ use candle_core::{Device, Tensor};
 
 use crate::chat::ChatTemplate;
 use crate::generator::{
-    check_contexts, check_parents, check_per_row, distributions_with, score_with, Generator,
-    Limits, Session, SpecialTokens,
+    check_contexts, check_parents, check_per_row, distributions_with, gather, score_with,
+    Generator, Limits, Session, SpecialTokens,
 };
 use crate::llm::{log_softmax, log_softmax_rows, Llm, LlmCache};
 use margin_core::{OperationError, OperationResult};
@@ -177,6 +177,18 @@ impl GgufSession<'_> {
         picks: &[(usize, usize)],
     ) -> OperationResult<Tensor> {
         let llm = &self.model.llm;
+        self.check_tokens(cache, tokens)?;
+        (|| {
+            let hidden = llm.forward(cache, tokens)?;
+            llm.logits(&hidden, picks)
+        })()
+        .map_err(|e| self.model.error(e))
+    }
+
+    /// Refuses tokens outside the vocabulary and rows that would outgrow
+    /// the model's context.
+    fn check_tokens(&self, cache: &LlmCache, tokens: &[Vec<u32>]) -> OperationResult<()> {
+        let llm = &self.model.llm;
         let vocab = llm.vocab_size();
         if let Some(bad) = tokens.iter().flatten().find(|&&t| t as usize >= vocab) {
             return Err(OperationError::bad_input(
@@ -198,11 +210,7 @@ impl GgufSession<'_> {
                 ),
             ));
         }
-        (|| {
-            let hidden = llm.forward(cache, tokens)?;
-            llm.logits(&hidden, picks)
-        })()
-        .map_err(|e| self.model.error(e))
+        Ok(())
     }
 }
 
@@ -217,6 +225,37 @@ impl GgufSession<'_> {
         let mut cache = self.cache.share();
         let logits = self.run(&mut cache, inputs, picks)?;
         log_softmax(&logits).map_err(|e| self.model.error(e))
+    }
+}
+
+/// Picks whose logits are materialised at once when only the targets'
+/// log-probabilities are wanted (Gemma 3's 262k vocabulary: ~270 MB a chunk).
+const SCORE_CHUNK: usize = 256;
+
+impl GgufSession<'_> {
+    /// log p(wanted[i] | pick i) for every pick, the logits made a chunk of
+    /// picks at a time: thorough rescoring asks for thousands.
+    fn teacher_forced_scores(
+        &self,
+        inputs: &[Vec<u32>],
+        picks: &[(usize, usize)],
+        wanted: &[u32],
+    ) -> OperationResult<Vec<f32>> {
+        let llm = &self.model.llm;
+        self.check_tokens(&self.cache, inputs)?;
+        let mut cache = self.cache.share();
+        let hidden = llm
+            .forward(&mut cache, inputs)
+            .map_err(|e| self.model.error(e))?;
+        let mut scores = Vec::with_capacity(picks.len());
+        for (picks, wanted) in picks.chunks(SCORE_CHUNK).zip(wanted.chunks(SCORE_CHUNK)) {
+            let log_probs = llm
+                .logits(&hidden, picks)
+                .and_then(|l| log_softmax(&l))
+                .map_err(|e| self.model.error(e))?;
+            scores.extend(gather(&log_probs, wanted)?);
+        }
+        Ok(scores)
     }
 }
 
@@ -268,7 +307,7 @@ impl Session for GgufSession<'_> {
             self,
             self.model.llm.vocab_size(),
             targets,
-            |inputs, picks| self.teacher_forced(inputs, picks),
+            |inputs, picks, wanted| self.teacher_forced_scores(inputs, picks, wanted),
         )
     }
 

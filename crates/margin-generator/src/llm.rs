@@ -178,8 +178,13 @@ impl Llm {
         let hidden = count("embedding_length")?;
         let heads = count("attention.head_count")?;
         let kv_heads = count("attention.head_count_kv")?;
+        if heads == 0 || kv_heads == 0 || hidden == 0 {
+            candle_core::bail!(
+                "{heads} heads, {kv_heads} key/value heads and width {hidden} do not make a model"
+            );
+        }
         let head_dim = count("attention.key_length").unwrap_or(hidden / heads);
-        if heads % kv_heads != 0 || head_dim % 2 != 0 {
+        if heads % kv_heads != 0 || head_dim == 0 || head_dim % 2 != 0 {
             candle_core::bail!("{heads} heads over {kv_heads} key/value heads of size {head_dim} is not a supported shape");
         }
         if let Ok(rope_dim) = count("rope.dimension_count") {
@@ -199,12 +204,35 @@ impl Llm {
             .and_then(|v| v.to_f32())
             .unwrap_or(GEMMA_LOCAL_ROPE_BASE);
         let window = count("attention.sliding_window").ok();
+        if family == Family::Gemma3 && window.is_none_or(|w| w == 0) {
+            // Local and global layers differ by window and rotary base; without
+            // a window they could not be told apart.
+            candle_core::bail!("Gemma 3 file without a positive gemma3.attention.sliding_window");
+        }
+        // Rotary scaling (Llama 3's frequency factors, Gemma 3 4B+'s linear
+        // scaling) is not implemented: refuse rather than answer wrongly.
+        let scaled = content
+            .metadata
+            .keys()
+            .any(|k| k.starts_with(&format!("{architecture}.rope.scaling")))
+            || content.tensor_infos.contains_key("rope_freqs.weight");
+        if scaled {
+            candle_core::bail!(
+                "rotary position scaling (rope.scaling / rope_freqs) is not supported"
+            );
+        }
         let context_length = count("context_length").unwrap_or(2048);
 
         let mut tensor = |name: &str| content.tensor(reader, name, device);
         let token_embd = tensor("token_embd.weight")?;
         let vocab = token_embd.shape().dims()[0];
-        let separate_output = tensor("output.weight").ok();
+        // Tied embeddings only when the file has no output matrix: a read
+        // error is an error.
+        let separate_output = if content.tensor_infos.contains_key("output.weight") {
+            Some(tensor("output.weight")?)
+        } else {
+            None
+        };
         let (embeddings, output) = if device.is_cpu() && hidden % 32 == 0 {
             // Rows are looked up in the 8-bit table (Gemma 3's 262k x 640
             // would take 670 MB as f32), shared with a tied output layer.
@@ -292,7 +320,21 @@ impl Llm {
     /// different numbers of tokens, none included) and returns the final hidden
     /// states [rows, n, hidden], n being the most tokens any row added; the
     /// states of a row's padding positions are meaningless.
+    /// On error the cache is as it was before the call.
     pub fn forward(&self, cache: &mut LlmCache, tokens: &[Vec<u32>]) -> Result<Tensor> {
+        // Writes land past the saved length, which the saved cache never reads.
+        let saved = cache.share();
+        let result = self.forward_unchecked(cache, tokens);
+        if result.is_err() {
+            *cache = saved;
+        }
+        result
+    }
+
+    fn forward_unchecked(&self, cache: &mut LlmCache, tokens: &[Vec<u32>]) -> Result<Tensor> {
+        if let Some(bad) = tokens.iter().flatten().find(|&&t| t as usize >= self.vocab) {
+            candle_core::bail!("token {bad} is outside the vocabulary of {}", self.vocab);
+        }
         let rows = cache.rows();
         if tokens.len() != rows {
             candle_core::bail!("{} token rows for a cache of {rows} rows", tokens.len());

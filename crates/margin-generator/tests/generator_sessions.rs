@@ -85,7 +85,7 @@ fn tiny_gguf(dir: &Path, architecture: &str) -> PathBuf {
         (key("attention.head_count_kv"), Value::U32(kv_heads as u32)),
         (key("attention.key_length"), Value::U32(head_dim as u32)),
         (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-6)),
-        (key("context_length"), Value::U32(64)),
+        (key("context_length"), Value::U32(128)),
         (key("rope.freq_base"), Value::F32(10_000.0)),
         ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
         ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
@@ -262,5 +262,34 @@ fn bad_input_is_refused_with_a_clear_error() {
         // A refused call leaves the session usable.
         session.advance(&[1, 2, 3, 4]).unwrap();
         assert_eq!(session.log_probs().unwrap().len(), 4);
+    }
+}
+
+#[test]
+fn long_teacher_forcing_scores_in_chunks_as_whole_distributions_do() {
+    // 4 rows x 70 targets = 276 positions: more than one chunk of logits.
+    let dir = tempfile::tempdir().unwrap();
+    for g in generators(dir.path())
+        .iter()
+        .filter(|g| g.output_start().is_empty())
+    {
+        let session = g.prepare(&contexts()).unwrap();
+        let targets: Vec<Vec<u32>> = (0..4)
+            .map(|r| {
+                (0..70)
+                    .map(|t| ((r * 13 + t * 7) % 60 + 3) as u32)
+                    .collect()
+            })
+            .collect();
+        let scores = session.score(&targets).unwrap();
+        let whole = session.distributions(&targets).unwrap();
+        for ((rows, target), got) in whole.iter().zip(&targets).zip(&scores) {
+            let expected: Vec<f32> = rows
+                .iter()
+                .zip(target)
+                .map(|(row, &t)| row[t as usize])
+                .collect();
+            assert_close(g.name(), "chunked teacher forcing", got, &expected);
+        }
     }
 }

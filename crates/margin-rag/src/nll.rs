@@ -2,7 +2,8 @@
 //! RAG-Sequence, with the semantics of transformers' `get_nll`: label
 //! smoothing epsilon, `exclude_bos_score` (RAG-Sequence), masked padding, and
 //! (RAG-Sequence) the document prior added at the second target position, as
-//! transformers does.
+//! transformers does (or at the first counted position where there is no
+//! second one).
 
 use margin_core::OperationResult;
 use margin_generator::Generator;
@@ -175,21 +176,33 @@ pub(crate) fn sequence_loss(
 ) -> f32 {
     let pad = masked(target, options.mask_token);
     // The prior joins at the second position (transformers' layout, where
-    // the first is BOS); a one-token target never gets it.
-    let with_prior = |z: usize, t: usize, v: f32, times: f32| {
-        if t == 1 {
+    // the first is BOS). Where that position is missing or masked (a
+    // one-token answer of a decoder LLM), it joins at the first counted one
+    // instead: transformers would leave it out, which makes an empty answer
+    // look likelier than every real one.
+    let prior_position = |from: usize| {
+        if target.len() > 1 && !pad[1] && from <= 1 {
+            Some(1)
+        } else {
+            (from..target.len()).find(|&t| !pad[t])
+        }
+    };
+    let with_prior = |at: Option<usize>, z: usize, t: usize, v: f32, times: f32| {
+        if Some(t) == at {
             v + times * prior[z]
         } else {
             v
         }
     };
+    let start = usize::from(skip_first);
+    let at = prior_position(start);
     let ll: Vec<f32> = per_doc
         .iter()
         .enumerate()
         .map(|(z, scores)| {
-            (usize::from(skip_first)..target.len())
+            (start..target.len())
                 .filter(|&t| !pad[t])
-                .map(|t| with_prior(z, t, scores[t], 1.0))
+                .map(|t| with_prior(at, z, t, scores[t], 1.0))
                 .sum()
         })
         .collect();
@@ -202,7 +215,7 @@ pub(crate) fn sequence_loss(
                 .map(|(z, s)| {
                     (0..target.len())
                         .filter(|&t| !pad[t])
-                        .map(|t| with_prior(z, t, s[t], vocab))
+                        .map(|t| with_prior(prior_position(0), z, t, s[t], vocab))
                         .sum()
                 })
                 .collect();
@@ -211,4 +224,40 @@ pub(crate) fn sequence_loss(
         None => 0.0,
     };
     (1.0 - options.epsilon) * nll + options.epsilon / vocab * smooth
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_one_token_answer_still_weighs_its_passages_by_the_prior() {
+        // Passage 0 is almost certainly the source; both give EOS the same score.
+        let prior = [0.999f32.ln(), 0.001f32.ln()];
+        let per_doc = [vec![-1.0f32], vec![-1.0]];
+        let loss = sequence_loss(
+            &per_doc,
+            None,
+            &prior,
+            &[2],
+            false,
+            NllOptions::default(),
+            10.0,
+        );
+        // -log Σ_z p(z) p(y|z) = 1.0, not -log Σ_z p(y|z) = 1 - ln 2.
+        assert!((loss - 1.0).abs() < 1e-5, "{loss}");
+        // Longer answers: at the second position, as transformers.
+        let per_doc = [vec![-1.0f32, -2.0], vec![-3.0, -4.0]];
+        let loss = sequence_loss(
+            &per_doc,
+            None,
+            &prior,
+            &[5, 2],
+            false,
+            NllOptions::default(),
+            10.0,
+        );
+        let expected = -logsumexp([prior[0] - 3.0, prior[1] - 7.0]);
+        assert!((loss - expected).abs() < 1e-5);
+    }
 }

@@ -76,7 +76,9 @@ pub fn generate(
     for q in 0..questions.len() {
         let mut union: Vec<(Vec<u32>, Vec<f32>)> = Vec::new();
         for (z, hypotheses) in per_context[q * n..(q + 1) * n].iter().enumerate() {
-            for h in hypotheses {
+            // Beam search's unfilled slots (no token generated, score -1e9)
+            // are not hypotheses.
+            for h in hypotheses.iter().filter(|h| !h.token_log_probs.is_empty()) {
                 let tokens = unpadded(h, start.len());
                 let index = match union.iter().position(|(t, _)| *t == tokens) {
                     Some(i) => i,

@@ -141,6 +141,7 @@ pub fn run(config: &Config, args: AskArgs) -> anyhow::Result<()> {
             context(
                 &loaded,
                 config,
+                max_new_tokens,
                 &h.passage.title,
                 &h.passage.text,
                 &args.question,
@@ -270,6 +271,7 @@ pub fn run(config: &Config, args: AskArgs) -> anyhow::Result<()> {
 fn context(
     loaded: &LoadedGenerator,
     config: &Config,
+    max_new_tokens: usize,
     title: &str,
     text: &str,
     question: &str,
@@ -301,20 +303,26 @@ fn context(
         None => prompt,
     };
     let ids = loaded.tokenize(&text)?;
+    // The answer follows the prompt in the same context window.
     anyhow::ensure!(
-        ids.len() <= limit,
-        "a passage prompt has {} tokens; {} takes at most {limit}",
+        ids.len() + max_new_tokens <= limit,
+        "a passage prompt has {} tokens and the answer may take {max_new_tokens} more; {} takes at most {limit}",
         ids.len(),
         loaded.name
     );
     Ok(ids)
 }
 
-/// The generated tokens after the start tokens, up to (not including) EOS.
+/// The generated tokens after the start tokens, up to (not including) EOS,
+/// without the padding a finished row is filled with.
 fn answer_tokens(tokens: &[u32], start: usize, eos: u32, pad: u32) -> Vec<u32> {
-    tokens[start.min(tokens.len())..]
+    let mut answer: Vec<u32> = tokens[start.min(tokens.len())..]
         .iter()
         .copied()
-        .take_while(|&t| t != eos && t != pad)
-        .collect()
+        .take_while(|&t| t != eos)
+        .collect();
+    while answer.last() == Some(&pad) {
+        answer.pop();
+    }
+    answer
 }
