@@ -11,7 +11,11 @@ const BANNED: f32 = f32::NEG_INFINITY;
 /// Penalty transformers adds to scores that must not win a top-k.
 const OUT: f32 = -1.0e9;
 
-/// Constraints on every step, Hugging Face's logits processors.
+/// Constraints on every step, Hugging Face's logits processors. Lengths
+/// count the rows as the decoding functions get them: for BART the decoder
+/// start token and the output; for decoder-only models only the output
+/// (transformers would count the prompt too), and `forced_bos_token_id`
+/// forces the token after the first.
 #[derive(Debug, Clone, Default)]
 pub struct StepRules {
     /// End-of-sequence token.
@@ -29,6 +33,22 @@ pub struct StepRules {
 }
 
 impl StepRules {
+    /// Refuses token ids the model's vocabulary of `vocab` does not have.
+    pub fn check(&self, vocab: usize) -> OperationResult<()> {
+        let ids = [
+            Some(self.eos_token_id),
+            self.forced_bos_token_id,
+            self.forced_eos_token_id,
+        ];
+        match ids.into_iter().flatten().find(|&t| t as usize >= vocab) {
+            Some(bad) => Err(margin_core::OperationError::bad_input(
+                "decoding",
+                format!("token {bad} is outside the vocabulary of {vocab}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Applies the rules to the log-probabilities of the token after `sequence`.
     pub fn apply(&self, sequence: &[u32], log_probs: &mut [f32]) {
         let len = sequence.len();
@@ -153,6 +173,9 @@ fn extend_rows(
     let mut done = vec![false; rows.len()];
     while rows.first().is_some_and(|r| r.len() < rules.max_length) && !done.iter().all(|d| *d) {
         let mut scores = next_log_probs(&rows)?;
+        if let Some(row) = scores.first() {
+            rules.check(row.len())?;
+        }
         for ((row, log_probs), finished) in rows.iter_mut().zip(&mut scores).zip(&mut done) {
             let token = if *finished {
                 pad_token_id
@@ -304,6 +327,9 @@ pub fn beam_search(
     loop {
         let rows: Vec<Vec<u32>> = running.iter().flatten().map(|s| s.tokens.clone()).collect();
         let mut scores = next_log_probs(&rows)?;
+        if let Some(row) = scores.first() {
+            rules.check(row.len())?;
+        }
         let mut all_hit = true;
         for (b, (beams_of_input, finished_of_input)) in
             running.iter_mut().zip(&mut finished).enumerate()
@@ -528,6 +554,18 @@ mod tests {
             sample_search(vec![vec![0]; 4], &rules, 1, settings, model).unwrap()
         };
         assert_eq!(run(7), run(7));
+        // An end-of-sequence token the vocabulary lacks is an error, not a panic.
+        let outside = StepRules {
+            eos_token_id: 6,
+            ..rules.clone()
+        };
+        let plain = SamplingSettings {
+            temperature: 1.0,
+            top_p: 1.0,
+            seed: 0,
+        };
+        let err = sample_search(vec![vec![0]], &outside, 1, plain, model).unwrap_err();
+        assert!(err.to_string().contains("outside the vocabulary"), "{err}");
         assert_ne!(run(7), run(8));
         for (temperature, top_p, field) in [
             (0.0, 1.0, "temperature"),
