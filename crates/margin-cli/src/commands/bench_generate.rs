@@ -39,7 +39,7 @@ pub struct GenerateBench {
 }
 
 /// One way of running the contexts.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 struct Phase {
     /// `single` (the first context), `sequential` (k contexts one by one) or `batched`.
     name: &'static str,
@@ -161,14 +161,7 @@ fn sequential(
     reset_peak_rss();
     let mut total = Phase {
         name: "sequential",
-        contexts: 0,
-        prompt_tokens: 0,
-        prefill_seconds: 0.0,
-        prefill_tokens_per_second: 0.0,
-        new_tokens: 0,
-        decode_seconds: 0.0,
-        decode_tokens_per_second: 0.0,
-        peak_rss_mib: None,
+        ..Phase::default()
     };
     for context in contexts {
         let one = measure_keeping_peak(model, std::slice::from_ref(context), new_tokens)?;
