@@ -75,6 +75,8 @@ enum Command {
     /// Answer a question from the index: retrieve k passages, generate with
     /// RAG-Token or RAG-Sequence, cite passages with prior and posterior.
     Ask(commands::ask::AskArgs),
+    /// Serve the REST API and web UI (after indexing any `--index` paths).
+    Serve(commands::serve::ServeArgs),
     /// Evaluate on a QA set.
     Eval {
         #[command(subcommand)]
@@ -125,6 +127,7 @@ fn main() -> anyhow::Result<()> {
         Command::Status(a) => commands::index::status(&config, a),
         Command::Generate(a) => commands::generate::run(&config, a),
         Command::Ask(a) => commands::ask::run(&config, a),
+        Command::Serve(a) => commands::serve::run(&config, a),
         Command::Eval { action } => commands::eval::run(&config, action),
         Command::Bench { action } => commands::bench::run(&config, action),
     }

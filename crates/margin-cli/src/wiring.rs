@@ -10,11 +10,10 @@ use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 use margin_core::config::{DTypeKind, DeviceKind, StoreKind};
 use margin_core::{Config, Passage};
+use margin_answer::LoadedGenerator;
 use margin_encoder::{BertEncoder, BertEncoderOptions, Encoder};
 use margin_generator::bart::Bart;
-use margin_generator::chat::ChatTemplate;
 use margin_generator::gguf::GgufModel;
-use margin_generator::Generator;
 use margin_index::{HybridSettings, Index, IndexLock, IndexSettings};
 use margin_ingest::{ingest_paths, Chunker, FileOutcome, IngestReport};
 use margin_models::{ModelStore, Role};
@@ -30,44 +29,6 @@ pub fn device(kind: DeviceKind) -> anyhow::Result<Device> {
         DeviceKind::Cuda => anyhow::bail!(
             "device = \"cuda\" needs a build with `--features cuda`; this binary is CPU-only"
         ),
-    }
-}
-
-/// A generator with what turns text into its tokens and back.
-pub struct LoadedGenerator {
-    /// Catalogue name or folder it was loaded from.
-    pub name: String,
-    /// The model.
-    pub model: Box<dyn Generator>,
-    /// Its tokenizer (`tokenizer.json` beside the weights).
-    pub tokenizer: tokenizers::Tokenizer,
-    /// The chat template a GGUF file carries, for decoder-only models.
-    pub chat_template: Option<ChatTemplate>,
-    /// Beginning-of-sequence token to put in front of prompts the tokenizer
-    /// left without one (Gemma).
-    pub prompt_bos: Option<u32>,
-}
-
-impl LoadedGenerator {
-    /// Token ids of `text` as the model takes a prompt.
-    pub fn tokenize(&self, text: &str) -> anyhow::Result<Vec<u32>> {
-        let ids = self
-            .tokenizer
-            .encode(text, false)
-            .map_err(|e| anyhow::anyhow!("tokenizing for {}: {e}", self.name))?
-            .get_ids()
-            .to_vec();
-        Ok(match self.prompt_bos {
-            Some(bos) if ids.first() != Some(&bos) => std::iter::once(bos).chain(ids).collect(),
-            _ => ids,
-        })
-    }
-
-    /// Text of generated `ids`, special tokens left out.
-    pub fn detokenize(&self, ids: &[u32]) -> anyhow::Result<String> {
-        self.tokenizer
-            .decode(ids, true)
-            .map_err(|e| anyhow::anyhow!("decoding {}'s output: {e}", self.name))
     }
 }
 

@@ -18,7 +18,7 @@ pub const ENV_PREFIX: &str = "MARGIN";
 
 /// Keys whose value is a list, given as comma-separated text in the
 /// environment and in `--set` overrides.
-const LIST_KEYS: &[&str] = &["models.sources"];
+const LIST_KEYS: &[&str] = &["models.sources", "server.read_keys", "server.write_keys"];
 
 /// The effective configuration of a margin process.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -40,6 +40,34 @@ pub struct Config {
     pub retrieval: RetrievalConfig,
     /// Connection to a Qdrant server or cluster.
     pub qdrant: QdrantConfig,
+    /// The REST API and web UI of `margin serve`.
+    pub server: ServerConfig,
+}
+
+/// `[server]`: `margin serve`'s address, limits and API keys.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on, `host:port` (port 0: any free port).
+    pub bind: String,
+    /// Largest upload request, in MiB.
+    pub max_upload_mb: u64,
+    /// Longest a request may take before it is answered 503, in seconds.
+    pub request_timeout_secs: u64,
+    /// Questions waiting for the generator; more are answered 429.
+    pub ask_queue: usize,
+    /// Most questions the generator decodes together in one batch.
+    pub ask_batch: usize,
+    /// Searches in flight at once; more are answered 503.
+    pub search_queue: usize,
+    /// Upload jobs waiting to be indexed; more are answered 429.
+    pub job_queue: usize,
+    /// Whether reading (search, ask, listing) needs no key.
+    pub open_reads: bool,
+    /// Keys that may read.
+    pub read_keys: Vec<Secret>,
+    /// Keys that may read, upload and delete.
+    pub write_keys: Vec<Secret>,
 }
 
 /// `[models]`: the catalogue, the chosen models and the sources to fetch them from.
@@ -438,6 +466,39 @@ impl Config {
                 return Err(OperationError::bad_config(key, "must be a number >= 0"));
             }
         }
+        for (key, value) in [
+            ("server.max_upload_mb", self.server.max_upload_mb as usize),
+            (
+                "server.request_timeout_secs",
+                self.server.request_timeout_secs as usize,
+            ),
+            ("server.ask_queue", self.server.ask_queue),
+            ("server.ask_batch", self.server.ask_batch),
+            ("server.search_queue", self.server.search_queue),
+            ("server.job_queue", self.server.job_queue),
+        ] {
+            if value == 0 {
+                return Err(OperationError::bad_config(key, "must be at least 1"));
+            }
+        }
+        if self.server.bind.parse::<std::net::SocketAddr>().is_err() {
+            return Err(OperationError::bad_config(
+                "server.bind",
+                format!("`{}` is not host:port, e.g. 127.0.0.1:8080", self.server.bind),
+            ));
+        }
+        if self
+            .server
+            .read_keys
+            .iter()
+            .chain(&self.server.write_keys)
+            .any(|k| k.expose().len() < 16)
+        {
+            return Err(OperationError::bad_config(
+                "server.read_keys / server.write_keys",
+                "API keys must be at least 16 characters",
+            ));
+        }
         if self.models.sources.is_empty() {
             return Err(OperationError::bad_config(
                 "models.sources",
@@ -737,6 +798,39 @@ mod tests {
         assert!(!shown.contains("s3cr3t-key") && !shown.contains("hf_abcdef"));
         assert!(shown.contains("api_key = \"***\""), "{shown}");
         assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn api_keys_come_from_the_environment_as_lists_and_stay_masked() {
+        let config = Config::load(&ConfigSources {
+            env: env(&[
+                ("MARGIN__SERVER__WRITE_KEYS", "write-key-0123456789, second-write-key-xyz"),
+                ("MARGIN__SERVER__OPEN_READS", "false"),
+            ]),
+            ..Default::default()
+        })
+        .unwrap();
+        let keys: Vec<&str> = config.server.write_keys.iter().map(Secret::expose).collect();
+        assert_eq!(keys, ["write-key-0123456789", "second-write-key-xyz"]);
+        assert!(!config.server.open_reads);
+        let shown = config.to_toml();
+        assert!(!shown.contains("write-key-0123456789"), "{shown}");
+        assert!(!format!("{config:?}").contains("write-key"));
+
+        let short = Config::load(&ConfigSources {
+            env: env(&[("MARGIN__SERVER__READ_KEYS", "short")]),
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(short.contains("at least 16 characters"), "{short}");
+        let bind = Config::load(&ConfigSources {
+            overrides: vec![("server.bind".into(), "localhost".into())],
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(bind.contains("server.bind"), "{bind}");
     }
 
     #[test]

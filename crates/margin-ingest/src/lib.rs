@@ -16,4 +16,4 @@ mod readers;
 
 pub use batch::{ingest_file, ingest_paths, FileOutcome, FileReport, IngestReport, Totals};
 pub use chunk::Chunker;
-pub use readers::{read_documents, Format, SUPPORTED_EXTENSIONS};
+pub use readers::{read_documents, read_documents_as, Format, SUPPORTED_EXTENSIONS};

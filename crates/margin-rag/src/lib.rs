@@ -71,6 +71,12 @@ impl DecodeSettings {
     }
 }
 
+/// Hears of decoding as it goes: before each step, for every question (by
+/// its index in the batch), the tokens of its leading hypothesis so far, the
+/// generator's start tokens included. A beam search may later prefer another
+/// hypothesis, so what it hears is a preview, not a prefix of the answer.
+pub type StepObserver<'a> = &'a mut dyn FnMut(usize, &[u32]);
+
 /// Where a decoding call spent its time (added to, so one value can sum
 /// several calls).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

@@ -15,7 +15,7 @@ use margin_generator::{Generator, Session, Stepper};
 use crate::math::logsumexp;
 use crate::nll::{sequence_loss, NllOptions};
 use crate::token::check_questions;
-use crate::{DecodeSettings, Question, Timings};
+use crate::{DecodeSettings, Question, StepObserver, Timings};
 use std::time::Instant;
 
 /// Which RAG-Sequence decoding.
@@ -41,7 +41,9 @@ pub struct SequenceAnswer {
 
 /// Decodes up to `num_return` answers per question, best first. All
 /// passages of all questions run as one beam search, and thorough
-/// rescoring as one teacher-forced batch.
+/// rescoring as one teacher-forced batch. `on_step` hears, before every
+/// step, the leading beam of each question's first passage (the answer is
+/// only chosen after the search; see [`crate::StepObserver`]).
 pub fn generate(
     generator: &dyn Generator,
     questions: &[Question],
@@ -49,6 +51,7 @@ pub fn generate(
     decoding: SequenceDecoding,
     num_return: usize,
     timings: &mut Timings,
+    on_step: StepObserver<'_>,
 ) -> OperationResult<Vec<Vec<SequenceAnswer>>> {
     let n = check_questions(questions)?;
     let special = generator.special_tokens();
@@ -65,7 +68,12 @@ pub fn generate(
         vec![start.clone(); contexts.len()],
         &settings.rules(special.eos),
         &settings.beams(special.pad, beams),
-        |rows| stepper.next_log_probs(rows),
+        |rows| {
+            for (q, leading) in rows.iter().step_by(n * beams).enumerate() {
+                on_step(q, leading);
+            }
+            stepper.next_log_probs(rows)
+        },
     )?;
     drop(stepper);
     timings.decode += began.elapsed();

@@ -8,17 +8,19 @@ use margin_generator::decoding::{beam_search, find_parents, greedy_search};
 use margin_generator::{Generator, Session};
 
 use crate::math::logsumexp;
-use crate::{DecodeSettings, Question, Timings};
+use crate::{DecodeSettings, Question, StepObserver, Timings};
 use std::time::Instant;
 
 /// Decodes one answer per question with RAG-Token. Every question must have
 /// the same number of passages; all (question, hypothesis, passage) rows run
-/// as one batch.
+/// as one batch. `on_step` hears each question's leading hypothesis before
+/// every step (see [`crate::StepObserver`]).
 pub fn generate(
     generator: &dyn Generator,
     questions: &[Question],
     settings: &DecodeSettings,
     timings: &mut Timings,
+    on_step: StepObserver<'_>,
 ) -> OperationResult<Vec<Vec<u32>>> {
     let n_docs = check_questions(questions)?;
     let contexts: Vec<Vec<u32>> = questions.iter().flat_map(|q| q.contexts.clone()).collect();
@@ -37,14 +39,16 @@ pub fn generate(
         beams,
         previous: None,
     };
+    let mut next = |rows: &[Vec<u32>]| {
+        for (q, leading) in rows.iter().step_by(beams).enumerate() {
+            on_step(q, leading);
+        }
+        scorer.next_log_probs(rows)
+    };
     let answers = if beams == 1 {
-        greedy_search(starts, &rules, special.pad, |rows| {
-            scorer.next_log_probs(rows)
-        })?
+        greedy_search(starts, &rules, special.pad, &mut next)?
     } else {
-        beam_search(starts, &rules, &settings.beams(special.pad, 1), |rows| {
-            scorer.next_log_probs(rows)
-        })?
+        beam_search(starts, &rules, &settings.beams(special.pad, 1), &mut next)?
         .into_iter()
         .map(|mut h| h.remove(0).tokens)
         .collect()

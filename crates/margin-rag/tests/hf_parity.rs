@@ -64,14 +64,22 @@ fn rag_token_greedy_and_beam_give_transformers_ids() {
     let (bart, reference, questions) = setup();
     for run in ["token_greedy", "token_greedy_no_repeat", "token_beam"] {
         let run_ref = &reference[run];
+        let mut previews = vec![Vec::new(); questions.len()];
         let got = token::generate(
             &bart,
             &questions,
             &settings(&reference, run_ref),
             &mut Timings::default(),
+            &mut |q, tokens| previews[q] = tokens.to_vec(),
         )
         .unwrap();
         assert_eq!(got, expected(run_ref), "{run}");
+        if run != "token_beam" {
+            // Greedy previews are the answer as it grows.
+            for (answer, preview) in got.iter().zip(&previews) {
+                assert!(!preview.is_empty() && answer.starts_with(preview), "{run}: {preview:?} / {answer:?}");
+            }
+        }
     }
 }
 
@@ -91,6 +99,7 @@ fn rag_sequence_thorough_gives_transformers_ids() {
         SequenceDecoding::Thorough,
         1,
         &mut Timings::default(),
+        &mut |_, _| {},
     )
     .unwrap();
     let want = expected(run);

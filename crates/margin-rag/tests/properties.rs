@@ -62,11 +62,11 @@ proptest! {
         } else {
             beam_search(start, &rules, &s.beams(1, 1), |r| stepper.next_log_probs(r)).unwrap().remove(0).remove(0).tokens
         };
-        let rag = token::generate(&bart, std::slice::from_ref(&q), &s, &mut Timings::default()).unwrap().remove(0);
+        let rag = token::generate(&bart, std::slice::from_ref(&q), &s, &mut Timings::default(), &mut |_, _| {}).unwrap().remove(0);
         prop_assert_eq!(&rag, &plain);
         // RAG-Sequence: p(y|x) is p(y|x,z), scored exactly as the beams did.
         for decoding in [SequenceDecoding::Thorough, SequenceDecoding::Fast] {
-            let answers = sequence::generate(&bart, std::slice::from_ref(&q), &s, decoding, 10, &mut Timings::default()).unwrap().remove(0);
+            let answers = sequence::generate(&bart, std::slice::from_ref(&q), &s, decoding, 10, &mut Timings::default(), &mut |_, _| {}).unwrap().remove(0);
             for a in &answers {
                 prop_assert!((a.log_prob - a.per_doc[0]).abs() < 1e-5);
                 let alone = answer_likelihoods(&bart, &q, &a.tokens[1..]).unwrap()[0];
@@ -83,7 +83,7 @@ proptest! {
         let bart = bart();
         let n = contexts.len();
         let q = question(contexts, &scores[..n]);
-        let answer = token::generate(&bart, std::slice::from_ref(&q), &settings(1), &mut Timings::default()).unwrap().remove(0);
+        let answer = token::generate(&bart, std::slice::from_ref(&q), &settings(1), &mut Timings::default(), &mut |_, _| {}).unwrap().remove(0);
         let per_doc = answer_likelihoods(&bart, &q, &answer[1..]).unwrap();
         let post = posterior(&q.doc_log_prior, &per_doc);
         prop_assert!((post.iter().sum::<f32>() - 1.0).abs() < 1e-5);
@@ -99,8 +99,8 @@ proptest! {
         let n = contexts.len();
         let q = question(contexts, &scores[..n]);
         let s = settings(3);
-        let thorough = sequence::generate(&bart, std::slice::from_ref(&q), &s, SequenceDecoding::Thorough, 100, &mut Timings::default()).unwrap().remove(0);
-        let fast = sequence::generate(&bart, std::slice::from_ref(&q), &s, SequenceDecoding::Fast, 100, &mut Timings::default()).unwrap().remove(0);
+        let thorough = sequence::generate(&bart, std::slice::from_ref(&q), &s, SequenceDecoding::Thorough, 100, &mut Timings::default(), &mut |_, _| {}).unwrap().remove(0);
+        let fast = sequence::generate(&bart, std::slice::from_ref(&q), &s, SequenceDecoding::Fast, 100, &mut Timings::default(), &mut |_, _| {}).unwrap().remove(0);
         prop_assert_eq!(fast.len(), thorough.len());
         for f in &fast {
             let t = thorough.iter().find(|t| t.tokens == f.tokens).expect("the same candidates");

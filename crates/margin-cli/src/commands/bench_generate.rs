@@ -13,7 +13,7 @@ use margin_generator::Generator;
 use serde::Serialize;
 
 use crate::commands::bench::peak_rss_mib;
-use crate::wiring::LoadedGenerator;
+use margin_answer::LoadedGenerator;
 
 /// Arguments of `margin bench generate`.
 #[derive(Debug, Args)]
@@ -192,7 +192,7 @@ fn prompt(loaded: &LoadedGenerator, text: &str) -> anyhow::Result<Vec<u32>> {
         Some(template) => template.render(&[ChatMessage::new("user", text.to_string())], true)?,
         None => text.to_string(),
     };
-    loaded.tokenize(&text)
+    Ok(loaded.tokenize(&text)?)
 }
 
 /// Prefills `contexts` as one batch, then generates `new_tokens` greedy

@@ -82,6 +82,37 @@ pub fn read_documents(path: &Path) -> OperationResult<Vec<Document>> {
     format.read(path)
 }
 
+/// Reads the documents in `path` as if the file were at `named`: ids,
+/// sources and errors name `named`, and the format follows its extension.
+/// For files received elsewhere (an upload held in a staging folder under the
+/// same file name, so that titles falling back to the stem agree), so that
+/// their documents keep one id wherever the bytes were kept meanwhile.
+pub fn read_documents_as(path: &Path, named: &Path) -> OperationResult<Vec<Document>> {
+    let format = Format::from_path(named).ok_or_else(|| bad_input(named, unsupported_type()))?;
+    let given = path.to_string_lossy().into_owned();
+    let wanted = named.to_string_lossy().into_owned();
+    let documents = format.read(path).map_err(|e| match e {
+        OperationError::BadInput { what, message } => {
+            OperationError::bad_input(what.replacen(&given, &wanted, 1), message)
+        }
+        other => other,
+    })?;
+    Ok(documents
+        .into_iter()
+        .map(|mut doc| {
+            if doc.source == given {
+                // A single-document file: its id is its source's.
+                doc.source = wanted.clone();
+                doc.id = stable_id(&wanted);
+            } else if let Some(line) = doc.source.strip_prefix(&given) {
+                // A corpus record (`path:line`) keeps its own id.
+                doc.source = format!("{wanted}{line}");
+            }
+            doc
+        })
+        .collect())
+}
+
 /// Why a file with an unknown extension is not read.
 pub(crate) fn unsupported_type() -> String {
     format!("unsupported file type; margin reads {SUPPORTED_EXTENSIONS}")
@@ -193,6 +224,29 @@ mod tests {
         );
         assert_eq!(Format::from_path(Path::new("notes.docx")), None);
         assert_eq!(Format::from_path(Path::new("README")), None);
+    }
+
+    #[test]
+    fn documents_read_as_another_path_take_its_ids_and_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        let staged = dir.path().join("staging").join("notes.md");
+        std::fs::create_dir_all(staged.parent().unwrap()).unwrap();
+        std::fs::write(&staged, "Tides follow the moon.").unwrap();
+        let named = Path::new("uploads/notes.md");
+        let docs = read_documents_as(&staged, named).unwrap();
+        assert_eq!(docs.len(), 1);
+        assert_eq!(docs[0].source, "uploads/notes.md");
+        assert_eq!(docs[0].id, stable_id("uploads/notes.md"));
+        assert_eq!(docs[0].title, "notes");
+
+        let corpus = dir.path().join("staging").join("c.jsonl");
+        std::fs::write(&corpus, "{\"id\": \"d1\", \"title\": \"T\", \"text\": \"x y\"}\n").unwrap();
+        let docs = read_documents_as(&corpus, Path::new("uploads/c.jsonl")).unwrap();
+        assert_eq!((docs[0].id.as_str(), docs[0].source.as_str()), ("d1", "uploads/c.jsonl:1"));
+
+        std::fs::write(&staged, "").unwrap();
+        let err = read_documents_as(&staged, named).unwrap_err().to_string();
+        assert!(err.starts_with("uploads/notes.md:") && !err.contains("staging"), "{err}");
     }
 
     #[test]
