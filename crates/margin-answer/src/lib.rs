@@ -8,14 +8,14 @@
 
 #![warn(missing_docs)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use margin_core::config::RagConfig;
 use margin_core::{OperationError, OperationResult};
 use margin_generator::chat::{ChatMessage, ChatTemplate};
 use margin_generator::Generator;
 use margin_index::SearchHit;
-use margin_rag::attribution::{answer_likelihoods, posterior};
+use margin_rag::attribution::posterior;
 use margin_rag::inputs::{bart_context, fill_prompt};
 use margin_rag::sequence::{self, SequenceDecoding};
 use margin_rag::{document_log_prior, token, DecodeSettings, Question, Timings};
@@ -101,7 +101,10 @@ impl AskSettings {
 
     /// Refuses settings no answer can come from.
     pub fn check(&self) -> OperationResult<()> {
-        for (what, value) in [("beams", self.beams), ("max_new_tokens", self.max_new_tokens)] {
+        for (what, value) in [
+            ("beams", self.beams),
+            ("max_new_tokens", self.max_new_tokens),
+        ] {
             if value == 0 {
                 return Err(OperationError::bad_input(what, "must be at least 1"));
             }
@@ -295,45 +298,34 @@ impl Answerer {
             }
         };
         // Per question: the output tokens and log p(y|x,z) per passage.
-        let (outputs, attribute): (Vec<(Vec<u32>, Vec<f32>)>, Duration) = match settings.mode {
+        let outputs: Vec<(Vec<u32>, Vec<f32>)> = match settings.mode {
             RagMode::Token => {
-                let outputs = token::generate(model, &questions, &decode, &mut timings, &mut preview)?;
-                let began = Instant::now();
-                let scored = outputs
+                token::generate(model, &questions, &decode, &mut timings, &mut preview)?
                     .into_iter()
-                    .zip(&questions)
-                    .map(|(tokens, question)| {
-                        // The answer as generated, its end of sequence included.
-                        let generated = answer_tokens(&tokens, start.len(), special.eos, special.pad);
-                        let ended = tokens.get(start.len() + generated.len()) == Some(&special.eos);
-                        let target: Vec<u32> = generated
-                            .iter()
-                            .copied()
-                            .chain(ended.then_some(special.eos))
-                            .collect();
-                        Ok((tokens, answer_likelihoods(model, question, &target)?))
-                    })
-                    .collect::<OperationResult<Vec<_>>>()?;
-                (scored, began.elapsed())
+                    .map(|a| (a.tokens, a.per_doc))
+                    .collect()
             }
-            RagMode::Sequence(decoding) => {
-                let answers =
-                    sequence::generate(model, &questions, &decode, decoding, 1, &mut timings, &mut preview)?;
-                let best = answers
-                    .into_iter()
-                    .map(|mut a| {
-                        let best = a.remove(0);
-                        (best.tokens, best.per_doc)
-                    })
-                    .collect();
-                (best, Duration::ZERO)
-            }
+            RagMode::Sequence(decoding) => sequence::generate(
+                model,
+                &questions,
+                &decode,
+                decoding,
+                1,
+                &mut timings,
+                &mut preview,
+            )?
+            .into_iter()
+            .map(|mut answers| {
+                let best = answers.remove(0);
+                (best.tokens, best.per_doc)
+            })
+            .collect(),
         };
         let timings = AnswerTimings {
             prefill: timings.prefill,
             decode: timings.decode,
             rescore: timings.rescore,
-            attribute,
+            attribute: timings.attribute,
             batch: batch.len(),
         };
         outputs

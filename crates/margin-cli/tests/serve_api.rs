@@ -66,7 +66,10 @@ impl Server {
                 assert_eq!(r.status(), 200);
                 break;
             }
-            assert!(began.elapsed() < Duration::from_secs(300), "not ready after 300 s");
+            assert!(
+                began.elapsed() < Duration::from_secs(300),
+                "not ready after 300 s"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
         server
@@ -78,7 +81,9 @@ impl Server {
 
     /// Stops the server as an operator would (SIGTERM) and waits for it.
     fn stop(mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let status = self.child.wait().unwrap();
         assert!(status.success(), "margin serve exited with {status}");
     }
@@ -94,7 +99,9 @@ impl Drop for Server {
 /// Status and JSON body of a request, whatever the status.
 fn call(request: ureq::Request, body: Option<&Value>) -> (u16, Value) {
     let result = match body {
-        Some(b) => request.set("Content-Type", "application/json").send_string(&b.to_string()),
+        Some(b) => request
+            .set("Content-Type", "application/json")
+            .send_string(&b.to_string()),
         None => request.call(),
     };
     respond(result)
@@ -126,8 +133,10 @@ fn upload(server: &Server, key: Option<&str>, files: &[(&str, &[u8])]) -> (u16, 
         body.extend(b"\r\n");
     }
     body.extend(format!("--{boundary}--\r\n").as_bytes());
-    let mut request = ureq::post(&server.url("/v1/documents"))
-        .set("Content-Type", &format!("multipart/form-data; boundary={boundary}"));
+    let mut request = ureq::post(&server.url("/v1/documents")).set(
+        "Content-Type",
+        &format!("multipart/form-data; boundary={boundary}"),
+    );
     if let Some(key) = key {
         request = with_key(request, key);
     }
@@ -135,19 +144,27 @@ fn upload(server: &Server, key: Option<&str>, files: &[(&str, &[u8])]) -> (u16, 
 }
 
 fn error_code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {body}"))
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("not an error body: {body}"))
 }
 
 /// Polls a job until it is done or failed.
 fn wait_for_job(server: &Server, id: &str) -> Value {
     let began = Instant::now();
     loop {
-        let (status, job) = call(with_key(ureq::get(&server.url(&format!("/v1/jobs/{id}"))), READ_KEY), None);
+        let (status, job) = call(
+            with_key(ureq::get(&server.url(&format!("/v1/jobs/{id}"))), READ_KEY),
+            None,
+        );
         assert_eq!(status, 200, "{job}");
         if job["status"] == "done" || job["status"] == "failed" {
             return job;
         }
-        assert!(began.elapsed() < Duration::from_secs(120), "job still {job}");
+        assert!(
+            began.elapsed() < Duration::from_secs(120),
+            "job still {job}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -170,7 +187,11 @@ fn models() -> Option<(PathBuf, PathBuf)> {
 
 /// Reads a text/event-stream response into (event, data) pairs.
 fn events(response: ureq::Response) -> Vec<(String, Value)> {
-    assert!(response.content_type().starts_with("text/event-stream"), "{}", response.content_type());
+    assert!(
+        response.content_type().starts_with("text/event-stream"),
+        "{}",
+        response.content_type()
+    );
     let mut text = String::new();
     response.into_reader().read_to_string(&mut text).unwrap();
     text.split("\n\n")
@@ -193,16 +214,25 @@ fn events(response: ureq::Response) -> Vec<(String, Value)> {
 fn upload_search_ask_delete_and_restart() {
     let Some(models) = models() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let settings = [("server.open_reads", "false"), ("server.max_upload_mb", "1")];
+    let settings = [
+        ("server.open_reads", "false"),
+        ("server.max_upload_mb", "1"),
+    ];
     let server = Server::start(tmp.path(), &models, &settings);
 
     // Reading needs a key when reads are not open.
     let (status, body) = call(ureq::get(&server.url("/v1/documents")), None);
     assert_eq!((status, error_code(&body)), (401, "unauthorized"));
-    let (status, page) = call(with_key(ureq::get(&server.url("/v1/documents?limit=2")), READ_KEY), None);
+    let (status, page) = call(
+        with_key(ureq::get(&server.url("/v1/documents?limit=2")), READ_KEY),
+        None,
+    );
     assert_eq!(status, 200, "{page}");
     let demo_documents = page["total"].as_u64().unwrap();
-    assert_eq!((demo_documents, page["documents"].as_array().unwrap().len()), (6, 2));
+    assert_eq!(
+        (demo_documents, page["documents"].as_array().unwrap().len()),
+        (6, 2)
+    );
 
     // Uploads need a write key, presented correctly.
     let zorblax = [("zorblax.txt", ZORBLAX.as_bytes())];
@@ -213,37 +243,77 @@ fn upload_search_ask_delete_and_restart() {
     ] {
         let (got, body) = upload(&server, key, &zorblax);
         assert_eq!((got, error_code(&body)), (status, code), "{body}");
-        assert!(!body.to_string().contains("not-a-key"), "keys are never echoed: {body}");
+        assert!(
+            !body.to_string().contains("not-a-key"),
+            "keys are never echoed: {body}"
+        );
     }
     // Too large: over server.max_upload_mb (1 MiB).
     let big = vec![b'a'; 1_300_000];
     let (status, body) = upload(&server, Some(WRITE_KEY), &[("big.txt", &big)]);
-    assert_eq!((status, error_code(&body)), (413, "payload_too_large"), "{body}");
+    assert_eq!(
+        (status, error_code(&body)),
+        (413, "payload_too_large"),
+        "{body}"
+    );
     // Nothing readable at all.
     let (status, body) = upload(&server, Some(WRITE_KEY), &[("bad.txt", b"a\0b")]);
-    assert_eq!((status, error_code(&body)), (422, "unprocessable"), "{body}");
-    assert!(body["error"]["message"].as_str().unwrap().contains("uploads/bad.txt"), "{body}");
+    assert_eq!(
+        (status, error_code(&body)),
+        (422, "unprocessable"),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("uploads/bad.txt"),
+        "{body}"
+    );
 
     // One good file, one binary file, one unsupported type: the good one is indexed.
     let (status, body) = upload(
         &server,
         Some(WRITE_KEY),
-        &[("zorblax.txt", ZORBLAX.as_bytes()), ("bad.txt", b"a\0b"), ("notes.docx", b"PK")],
+        &[
+            ("zorblax.txt", ZORBLAX.as_bytes()),
+            ("bad.txt", b"a\0b"),
+            ("notes.docx", b"PK"),
+        ],
     );
     assert_eq!(status, 202, "{body}");
     let files = body["job"]["files"].as_array().unwrap();
     assert_eq!(files[0]["status"], "queued", "{body}");
     let zorblax_id = files[0]["doc_ids"][0].as_str().unwrap().to_string();
-    assert!(files[1]["error"].as_str().unwrap().contains("binary file"), "{body}");
-    assert!(files[2]["error"].as_str().unwrap().contains("unsupported file type"), "{body}");
+    assert!(
+        files[1]["error"].as_str().unwrap().contains("binary file"),
+        "{body}"
+    );
+    assert!(
+        files[2]["error"]
+            .as_str()
+            .unwrap()
+            .contains("unsupported file type"),
+        "{body}"
+    );
     let job = wait_for_job(&server, body["job"]["id"].as_str().unwrap());
     assert_eq!(job["status"], "done", "{job}");
     assert_eq!(job["files"][0]["status"], "indexed", "{job}");
     assert_eq!(job["files"][1]["status"], "failed", "{job}");
     assert!(job["passages_total"].as_u64().unwrap() >= 1);
     assert_eq!(job["passages_done"], job["passages_total"], "{job}");
-    let (status, doc) = call(with_key(ureq::get(&server.url(&format!("/v1/documents/{zorblax_id}"))), READ_KEY), None);
-    assert_eq!((status, doc["source"].as_str().unwrap()), (200, "uploads/zorblax.txt"), "{doc}");
+    let (status, doc) = call(
+        with_key(
+            ureq::get(&server.url(&format!("/v1/documents/{zorblax_id}"))),
+            READ_KEY,
+        ),
+        None,
+    );
+    assert_eq!(
+        (status, doc["source"].as_str().unwrap()),
+        (200, "uploads/zorblax.txt"),
+        "{doc}"
+    );
 
     // Search finds it; bad searches are 4xx with JSON.
     let hits = search(&server, "When is the Zorblax festival?");
@@ -254,7 +324,10 @@ fn upload_search_ask_delete_and_restart() {
         (json!({"query": "x", "mode": "fuzzy"}), 422),
         (json!({"text": "x"}), 422),
     ] {
-        let (got, body) = call(with_key(ureq::post(&server.url("/v1/search")), READ_KEY), Some(&bad));
+        let (got, body) = call(
+            with_key(ureq::post(&server.url("/v1/search")), READ_KEY),
+            Some(&bad),
+        );
         assert_eq!(got, status, "{bad} -> {body}");
         error_code(&body);
     }
@@ -268,16 +341,27 @@ fn upload_search_ask_delete_and_restart() {
     // RAG-Token, as JSON.
     let (status, answer) = call(
         with_key(ureq::post(&server.url("/v1/ask")), READ_KEY),
-        Some(&json!({"question": "When is the Zorblax festival held?", "n_docs": 3, "beams": 1, "max_new_tokens": 16})),
+        Some(
+            &json!({"question": "When is the Zorblax festival held?", "n_docs": 3, "beams": 1, "max_new_tokens": 16}),
+        ),
     );
     assert_eq!(status, 200, "{answer}");
-    assert!(answer["answer"].as_str().unwrap().contains("June"), "{answer}");
+    assert!(
+        answer["answer"].as_str().unwrap().contains("June"),
+        "{answer}"
+    );
     assert_eq!(answer["mode"], "token");
     let citations = answer["citations"].as_array().unwrap();
     assert_eq!(citations.len(), 3);
     assert_eq!(citations[0]["doc_id"], zorblax_id.as_str(), "{answer}");
-    assert!(citations[0]["snippet"].as_str().unwrap().starts_with("The Zorblax festival"));
-    let total: f64 = citations.iter().map(|c| c["posterior"].as_f64().unwrap()).sum();
+    assert!(citations[0]["snippet"]
+        .as_str()
+        .unwrap()
+        .starts_with("The Zorblax festival"));
+    let total: f64 = citations
+        .iter()
+        .map(|c| c["posterior"].as_f64().unwrap())
+        .sum();
     assert!((total - 1.0).abs() < 1e-3, "{answer}");
     assert!(answer["timings_ms"]["decode"].as_f64().unwrap() > 0.0);
 
@@ -293,7 +377,10 @@ fn upload_search_ask_delete_and_restart() {
     let streamed = events(response.unwrap());
     let (last, rest) = streamed.split_last().unwrap();
     assert_eq!(last.0, "answer", "{streamed:?}");
-    assert!(!rest.is_empty() && rest.iter().all(|(e, _)| e == "token"), "{streamed:?}");
+    assert!(
+        !rest.is_empty() && rest.iter().all(|(e, _)| e == "token"),
+        "{streamed:?}"
+    );
     let mut text = String::new();
     for (_, token) in rest {
         if token["revised"] == true {
@@ -314,7 +401,10 @@ fn upload_search_ask_delete_and_restart() {
         (json!({"question": "x", "beams": 99}), 400),
         (json!({"question": "x", "mode": "paragraph"}), 422),
     ] {
-        let (got, body) = call(with_key(ureq::post(&server.url("/v1/ask")), READ_KEY), Some(&bad));
+        let (got, body) = call(
+            with_key(ureq::post(&server.url("/v1/ask")), READ_KEY),
+            Some(&bad),
+        );
         assert_eq!(got, status, "{bad} -> {body}");
         error_code(&body);
     }
@@ -324,24 +414,52 @@ fn upload_search_ask_delete_and_restart() {
     let (status, body) = call(with_key(ureq::delete(&doc_url), READ_KEY), None);
     assert_eq!((status, error_code(&body)), (403, "forbidden"));
     let (status, body) = call(with_key(ureq::delete(&doc_url), WRITE_KEY), None);
-    assert_eq!((status, body["doc_id"].as_str().unwrap()), (200, zorblax_id.as_str()), "{body}");
+    assert_eq!(
+        (status, body["doc_id"].as_str().unwrap()),
+        (200, zorblax_id.as_str()),
+        "{body}"
+    );
     assert!(!tmp.path().join("data/uploads/zorblax.txt").exists());
     let (status, body) = call(with_key(ureq::get(&doc_url), READ_KEY), None);
     assert_eq!((status, error_code(&body)), (404, "not_found"));
     let (status, _) = call(with_key(ureq::delete(&doc_url), WRITE_KEY), None);
     assert_eq!(status, 404);
-    assert!(search(&server, "When is the Zorblax festival?").iter().all(|h| h["doc_id"] != zorblax_id.as_str()));
+    assert!(search(&server, "When is the Zorblax festival?")
+        .iter()
+        .all(|h| h["doc_id"] != zorblax_id.as_str()));
 
     // Another upload, then a restart: it is still there, the deleted one is not.
-    let (status, body) = upload(&server, Some(WRITE_KEY), &[("orchard.md", ORCHARD.as_bytes())]);
+    let (status, body) = upload(
+        &server,
+        Some(WRITE_KEY),
+        &[("orchard.md", ORCHARD.as_bytes())],
+    );
     assert_eq!(status, 202, "{body}");
-    let orchard_id = body["job"]["files"][0]["doc_ids"][0].as_str().unwrap().to_string();
-    assert_eq!(wait_for_job(&server, body["job"]["id"].as_str().unwrap())["status"], "done");
+    let orchard_id = body["job"]["files"][0]["doc_ids"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        wait_for_job(&server, body["job"]["id"].as_str().unwrap())["status"],
+        "done"
+    );
     assert!(tmp.path().join("data/uploads/orchard.md").is_file());
 
-    let metrics = ureq::get(&server.url("/metrics")).call().unwrap().into_string().unwrap();
-    for name in ["margin_http_requests_total{", "margin_ask_batch_questions_count", "margin_ask_stage_seconds_bucket", "margin_documents 7"] {
-        assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
+    let metrics = ureq::get(&server.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_string()
+        .unwrap();
+    for name in [
+        "margin_http_requests_total{",
+        "margin_ask_batch_questions_count",
+        "margin_ask_stage_seconds_bucket",
+        "margin_documents 7",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "{name} missing from /metrics:\n{metrics}"
+        );
     }
     let (status, openapi) = call(ureq::get(&server.url("/openapi.json")), None);
     assert_eq!(status, 200);
@@ -349,12 +467,26 @@ fn upload_search_ask_delete_and_restart() {
     server.stop();
 
     let server = Server::start(tmp.path(), &models, &settings);
-    let (status, page) = call(with_key(ureq::get(&server.url("/v1/documents?limit=1000")), READ_KEY), None);
+    let (status, page) = call(
+        with_key(ureq::get(&server.url("/v1/documents?limit=1000")), READ_KEY),
+        None,
+    );
     assert_eq!(status, 200);
-    let ids: Vec<&str> = page["documents"].as_array().unwrap().iter().map(|d| d["doc_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = page["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["doc_id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids.len() as u64, demo_documents + 1, "{page}");
-    assert!(ids.contains(&orchard_id.as_str()) && !ids.contains(&zorblax_id.as_str()), "{ids:?}");
-    assert_eq!(search(&server, "Who planted the oldest pear tree?")[0]["doc_id"], orchard_id.as_str());
+    assert!(
+        ids.contains(&orchard_id.as_str()) && !ids.contains(&zorblax_id.as_str()),
+        "{ids:?}"
+    );
+    assert_eq!(
+        search(&server, "Who planted the oldest pear tree?")[0]["doc_id"],
+        orchard_id.as_str()
+    );
     server.stop();
 }
 
@@ -362,7 +494,11 @@ fn upload_search_ask_delete_and_restart() {
 fn concurrent_questions_share_batches_and_overload_is_refused() {
     let Some(models) = models() else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(tmp.path(), &models, &[("server.ask_queue", "3"), ("server.ask_batch", "8")]);
+    let server = Server::start(
+        tmp.path(),
+        &models,
+        &[("server.ask_queue", "3"), ("server.ask_batch", "8")],
+    );
     let url = server.url("/v1/ask");
     let questions = [
         "Why does the moon cause tides?",
@@ -384,24 +520,48 @@ fn concurrent_questions_share_batches_and_overload_is_refused() {
                 let (url, start) = (url.clone(), start.clone());
                 s.spawn(move || {
                     start.wait();
-                    call(ureq::post(&url), Some(&json!({"question": q, "n_docs": 2, "beams": 1, "max_new_tokens": 24})))
+                    call(
+                        ureq::post(&url),
+                        Some(
+                            &json!({"question": q, "n_docs": 2, "beams": 1, "max_new_tokens": 24}),
+                        ),
+                    )
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    let ok: Vec<&Value> = answers.iter().filter(|(s, _)| *s == 200).map(|(_, b)| b).collect();
-    let refused: Vec<&Value> = answers.iter().filter(|(s, _)| *s == 429).map(|(_, b)| b).collect();
+    let ok: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, b)| b)
+        .collect();
+    let refused: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 429)
+        .map(|(_, b)| b)
+        .collect();
     assert_eq!(ok.len() + refused.len(), questions.len(), "{answers:?}");
-    assert!(!refused.is_empty(), "a queue of 3 should refuse some of 10 questions: {answers:?}");
+    assert!(
+        !refused.is_empty(),
+        "a queue of 3 should refuse some of 10 questions: {answers:?}"
+    );
     assert!(refused.iter().all(|b| error_code(b) == "queue_full"));
     // Questions that waited together were decoded together.
-    assert!(ok.iter().any(|b| b["batch_size"].as_u64().unwrap() >= 2), "{ok:?}");
+    assert!(
+        ok.iter().any(|b| b["batch_size"].as_u64().unwrap() >= 2),
+        "{ok:?}"
+    );
     for b in &ok {
         assert!(!b["answer"].as_str().unwrap().is_empty(), "{b}");
     }
     // Still serving.
-    let (status, _) = call(ureq::post(&url), Some(&json!({"question": "What do honeybees eat?", "n_docs": 1, "beams": 1, "max_new_tokens": 4})));
+    let (status, _) = call(
+        ureq::post(&url),
+        Some(
+            &json!({"question": "What do honeybees eat?", "n_docs": 1, "beams": 1, "max_new_tokens": 4}),
+        ),
+    );
     assert_eq!(status, 200);
 }
 
@@ -412,9 +572,67 @@ fn a_slow_request_times_out_with_a_json_error() {
     let server = Server::start(tmp.path(), &models, &[("server.request_timeout_secs", "1")]);
     let (status, body) = call(
         ureq::post(&server.url("/v1/ask")),
-        Some(&json!({"question": "Why does the moon cause tides?", "mode": "sequence", "n_docs": 5, "beams": 4, "max_new_tokens": 128})),
+        Some(
+            &json!({"question": "Why does the moon cause tides?", "mode": "sequence", "n_docs": 5, "beams": 4, "max_new_tokens": 128}),
+        ),
     );
     assert_eq!((status, error_code(&body)), (503, "timeout"), "{body}");
     let (status, body) = call(ureq::get(&server.url("/readyz")), None);
     assert_eq!((status, body["ready"].as_bool()), (200, Some(true)));
+}
+
+/// The web UI in headless Chromium (web/e2e/upload_ask.mjs). Skipped, and
+/// said so, without Node.js, Chromium or web/e2e's packages (`npm ci` there);
+/// `MARGIN_REQUIRE_BROWSER=1` (set by scripts/test.sh) makes that a failure.
+#[test]
+fn the_web_ui_uploads_a_file_and_answers_a_question_about_it() {
+    let Some(models) = models() else { return };
+    let e2e = workspace_root().join("web/e2e");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let missing: Vec<&str> = [
+        (
+            Command::new("node").arg("--version").output().is_err(),
+            "node",
+        ),
+        (!Path::new(&chromium).exists(), "chromium"),
+        (
+            !e2e.join("node_modules/playwright-core").is_dir(),
+            "web/e2e/node_modules (npm ci)",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(gone, what)| gone.then_some(what))
+    .collect();
+    if !missing.is_empty() {
+        let message = format!(
+            "SKIPPED {TEST}: the browser test needs {}",
+            missing.join(", ")
+        );
+        assert!(
+            std::env::var("MARGIN_REQUIRE_BROWSER").as_deref() != Ok("1"),
+            "{message}"
+        );
+        eprintln!("{message}");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(tmp.path(), &models, &[]);
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-e2e");
+    let run = Command::new("node")
+        .current_dir(&e2e)
+        .env("CHROMIUM", &chromium)
+        .arg("upload_ask.mjs")
+        .args([server.url.as_str(), WRITE_KEY])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(run.status.success(), "{report}");
+    eprintln!("{report}");
+    assert!(out.join("ask-light.png").is_file() && out.join("ask-dark.png").is_file());
+    server.stop();
 }

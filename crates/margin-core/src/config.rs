@@ -484,7 +484,10 @@ impl Config {
         if self.server.bind.parse::<std::net::SocketAddr>().is_err() {
             return Err(OperationError::bad_config(
                 "server.bind",
-                format!("`{}` is not host:port, e.g. 127.0.0.1:8080", self.server.bind),
+                format!(
+                    "`{}` is not host:port, e.g. 127.0.0.1:8080",
+                    self.server.bind
+                ),
             ));
         }
         if self
@@ -804,13 +807,21 @@ mod tests {
     fn api_keys_come_from_the_environment_as_lists_and_stay_masked() {
         let config = Config::load(&ConfigSources {
             env: env(&[
-                ("MARGIN__SERVER__WRITE_KEYS", "write-key-0123456789, second-write-key-xyz"),
+                (
+                    "MARGIN__SERVER__WRITE_KEYS",
+                    "write-key-0123456789, second-write-key-xyz",
+                ),
                 ("MARGIN__SERVER__OPEN_READS", "false"),
             ]),
             ..Default::default()
         })
         .unwrap();
-        let keys: Vec<&str> = config.server.write_keys.iter().map(Secret::expose).collect();
+        let keys: Vec<&str> = config
+            .server
+            .write_keys
+            .iter()
+            .map(Secret::expose)
+            .collect();
         assert_eq!(keys, ["write-key-0123456789", "second-write-key-xyz"]);
         assert!(!config.server.open_reads);
         let shown = config.to_toml();

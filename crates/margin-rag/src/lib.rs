@@ -87,6 +87,8 @@ pub struct Timings {
     pub decode: std::time::Duration,
     /// RAG-Sequence thorough decoding: scoring every hypothesis against every passage.
     pub rescore: std::time::Duration,
+    /// RAG-Token: scoring each answer against each passage, for its posterior.
+    pub attribute: std::time::Duration,
 }
 
 /// One question's passages, as the generator takes them.

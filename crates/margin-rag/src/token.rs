@@ -11,17 +11,30 @@ use crate::math::logsumexp;
 use crate::{DecodeSettings, Question, StepObserver, Timings};
 use std::time::Instant;
 
-/// Decodes one answer per question with RAG-Token. Every question must have
-/// the same number of passages; all (question, hypothesis, passage) rows run
-/// as one batch. `on_step` hears each question's leading hypothesis before
-/// every step (see [`crate::StepObserver`]).
+/// One RAG-Token answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenAnswer {
+    /// Output tokens, the generator's start tokens included (padding after
+    /// the end of sequence included too, as the batch was decoded).
+    pub tokens: Vec<u32>,
+    /// log p(y|x,z) per passage of the answer (its end of sequence included,
+    /// when it was generated), for [`crate::attribution::posterior`].
+    pub per_doc: Vec<f32>,
+}
+
+/// Decodes one answer per question with RAG-Token, and scores each answer
+/// under each of its passages. Every question must have the same number of
+/// passages; all (question, hypothesis, passage) rows run as one batch, and
+/// the scoring pass reuses the passages' prefill. `on_step` hears each
+/// question's leading hypothesis before every step (see
+/// [`crate::StepObserver`]).
 pub fn generate(
     generator: &dyn Generator,
     questions: &[Question],
     settings: &DecodeSettings,
     timings: &mut Timings,
     on_step: StepObserver<'_>,
-) -> OperationResult<Vec<Vec<u32>>> {
+) -> OperationResult<Vec<TokenAnswer>> {
     let n_docs = check_questions(questions)?;
     let contexts: Vec<Vec<u32>> = questions.iter().flat_map(|q| q.contexts.clone()).collect();
     let special = generator.special_tokens();
@@ -29,11 +42,12 @@ pub fn generate(
     let starts = vec![generator.output_start(); questions.len()];
     let beams = settings.num_beams.max(1);
     let began = Instant::now();
-    let session = generator.prepare(&contexts)?;
+    let prepared = generator.prepare(&contexts)?;
     timings.prefill += began.elapsed();
     let began = Instant::now();
+    let identity: Vec<usize> = (0..contexts.len()).collect();
     let mut scorer = Marginal {
-        session,
+        session: prepared.fork(&identity)?,
         priors: questions.iter().map(|q| q.doc_log_prior.clone()).collect(),
         n_docs,
         beams,
@@ -49,12 +63,42 @@ pub fn generate(
         greedy_search(starts, &rules, special.pad, &mut next)?
     } else {
         beam_search(starts, &rules, &settings.beams(special.pad, 1), &mut next)?
-        .into_iter()
-        .map(|mut h| h.remove(0).tokens)
-        .collect()
+            .into_iter()
+            .map(|mut h| h.remove(0).tokens)
+            .collect()
     };
+    drop(scorer);
     timings.decode += began.elapsed();
-    Ok(answers)
+
+    // Every answer against every passage of its question, teacher-forced from
+    // the prefill (scoring leaves the prepared session as it was).
+    let began = Instant::now();
+    let start = generator.output_start().len();
+    let targets: Vec<Vec<u32>> = answers
+        .iter()
+        .flat_map(|tokens| {
+            let target = answer_target(&tokens[start.min(tokens.len())..], special.eos);
+            std::iter::repeat_n(target, n_docs)
+        })
+        .collect();
+    let scores = prepared.score(&targets)?;
+    timings.attribute += began.elapsed();
+    Ok(answers
+        .into_iter()
+        .zip(scores.chunks(n_docs))
+        .map(|(tokens, per_doc)| TokenAnswer {
+            tokens,
+            per_doc: per_doc.iter().map(|s| s.iter().sum()).collect(),
+        })
+        .collect())
+}
+
+/// The generated tokens up to and including the first end of sequence.
+fn answer_target(generated: &[u32], eos: u32) -> Vec<u32> {
+    match generated.iter().position(|&t| t == eos) {
+        Some(end) => generated[..=end].to_vec(),
+        None => generated.to_vec(),
+    }
 }
 
 /// Checks that every question has passages, as many as the first, each with a prior.

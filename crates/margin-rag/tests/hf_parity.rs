@@ -73,11 +73,15 @@ fn rag_token_greedy_and_beam_give_transformers_ids() {
             &mut |q, tokens| previews[q] = tokens.to_vec(),
         )
         .unwrap();
+        let got: Vec<Vec<u32>> = got.into_iter().map(|a| a.tokens).collect();
         assert_eq!(got, expected(run_ref), "{run}");
         if run != "token_beam" {
             // Greedy previews are the answer as it grows.
             for (answer, preview) in got.iter().zip(&previews) {
-                assert!(!preview.is_empty() && answer.starts_with(preview), "{run}: {preview:?} / {answer:?}");
+                assert!(
+                    !preview.is_empty() && answer.starts_with(preview),
+                    "{run}: {preview:?} / {answer:?}"
+                );
             }
         }
     }

@@ -63,7 +63,10 @@ proptest! {
             beam_search(start, &rules, &s.beams(1, 1), |r| stepper.next_log_probs(r)).unwrap().remove(0).remove(0).tokens
         };
         let rag = token::generate(&bart, std::slice::from_ref(&q), &s, &mut Timings::default(), &mut |_, _| {}).unwrap().remove(0);
-        prop_assert_eq!(&rag, &plain);
+        prop_assert_eq!(&rag.tokens, &plain);
+        // Its score is the answer's likelihood, end of sequence included.
+        let alone = answer_likelihoods(&bart, &q, &plain[1..]).unwrap()[0];
+        prop_assert!((rag.per_doc[0] - alone).abs() < 1e-3, "{} vs {}", rag.per_doc[0], alone);
         // RAG-Sequence: p(y|x) is p(y|x,z), scored exactly as the beams did.
         for decoding in [SequenceDecoding::Thorough, SequenceDecoding::Fast] {
             let answers = sequence::generate(&bart, std::slice::from_ref(&q), &s, decoding, 10, &mut Timings::default(), &mut |_, _| {}).unwrap().remove(0);
@@ -84,7 +87,10 @@ proptest! {
         let n = contexts.len();
         let q = question(contexts, &scores[..n]);
         let answer = token::generate(&bart, std::slice::from_ref(&q), &settings(1), &mut Timings::default(), &mut |_, _| {}).unwrap().remove(0);
-        let per_doc = answer_likelihoods(&bart, &q, &answer[1..]).unwrap();
+        let per_doc = answer_likelihoods(&bart, &q, &answer.tokens[1..]).unwrap();
+        for (batched, alone) in answer.per_doc.iter().zip(&per_doc) {
+            prop_assert!((batched - alone).abs() < 1e-3, "{batched} vs {alone}");
+        }
         let post = posterior(&q.doc_log_prior, &per_doc);
         prop_assert!((post.iter().sum::<f32>() - 1.0).abs() < 1e-5);
         prop_assert!(post.iter().all(|p| (0.0..=1.0).contains(p)));

@@ -358,7 +358,14 @@ pub async fn upload(
     state.keys.check(&headers, Scope::Write)?;
     let services = state.services()?;
     let mut multipart = multipart.map_err(|e| {
-        ApiError::new(e.status(), "bad_request", format!("{}; send multipart/form-data with `files` parts", e.body_text()))
+        ApiError::new(
+            e.status(),
+            "bad_request",
+            format!(
+                "{}; send multipart/form-data with `files` parts",
+                e.body_text()
+            ),
+        )
     })?;
     let staging = state
         .config
@@ -381,7 +388,7 @@ pub async fn upload(
         ));
     }
     // Reading and splitting (PDF text extraction above all) is CPU work.
-    let chunker = Chunker::new(state.config.chunking.clone())?;
+    let chunker = Chunker::new(state.config.chunking)?;
     let uploads = state.config.data_dir.join(UPLOADS);
     let (files, staged) = tokio::task::spawn_blocking(move || {
         let mut ready = Vec::new();
@@ -412,7 +419,11 @@ pub async fn upload(
     .map_err(|e| ApiError::internal(format!("reading uploads: {e}")))?;
     for f in &files {
         if f.status == FileStatus::Failed {
-            state.metrics.ingest_files.get_or_create(&crate::metrics::OutcomeLabels { outcome: "failed" }).inc();
+            state
+                .metrics
+                .ingest_files
+                .get_or_create(&crate::metrics::OutcomeLabels { outcome: "failed" })
+                .inc();
         }
     }
     if staged.is_empty() {
@@ -444,7 +455,10 @@ async fn receive(
         let bytes = field.bytes().await?;
         let file = files.len();
         let name = match file_name(&given) {
-            Ok(name) if !names.insert(name.clone()) => Err((name, "the same file name is uploaded twice in one request".to_string())),
+            Ok(name) if !names.insert(name.clone()) => Err((
+                name,
+                "the same file name is uploaded twice in one request".to_string(),
+            )),
             other => other,
         };
         match name {
@@ -484,12 +498,20 @@ fn queued(name: String) -> FileView {
 /// The name an upload is kept under: its last path component, when that is
 /// a plain file name.
 fn file_name(given: &str) -> Result<String, (String, String)> {
-    let name = given.rsplit(['/', '\\']).next().unwrap_or("").trim().to_string();
+    let name = given
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_string();
     if name.is_empty() || name == "." || name == ".." || name.starts_with('.') {
         return Err((given.to_string(), "not a usable file name".into()));
     }
     if name.chars().any(char::is_control) || name.len() > 255 {
-        return Err((given.chars().filter(|c| !c.is_control()).collect(), "not a usable file name".into()));
+        return Err((
+            given.chars().filter(|c| !c.is_control()).collect(),
+            "not a usable file name".into(),
+        ));
     }
     Ok(name)
 }
@@ -511,10 +533,19 @@ pub async fn list_documents(
     }
     let offset = page.offset.unwrap_or(0);
     let mut documents = state.services()?.index.documents();
-    documents.sort_by(|a, b| a.source.cmp(&b.source).then_with(|| a.doc_id.cmp(&b.doc_id)));
+    documents.sort_by(|a, b| {
+        a.source
+            .cmp(&b.source)
+            .then_with(|| a.doc_id.cmp(&b.doc_id))
+    });
     let total = documents.len();
     Ok(Json(DocumentPage {
-        documents: documents.into_iter().skip(offset).take(limit).map(DocumentView::from).collect(),
+        documents: documents
+            .into_iter()
+            .skip(offset)
+            .take(limit)
+            .map(DocumentView::from)
+            .collect(),
         total,
         offset,
         limit,
@@ -569,12 +600,11 @@ pub async fn get_job(
     Path(id): Path<String>,
 ) -> ApiResult<Json<JobView>> {
     state.keys.check(&headers, Scope::Read)?;
-    state
-        .services()?
-        .jobs
-        .get(&id)
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no job `{id}` (jobs are kept in memory until the server restarts)")))
+    state.services()?.jobs.get(&id).map(Json).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no job `{id}` (jobs are kept in memory until the server restarts)"
+        ))
+    })
 }
 
 /// Search the index.
@@ -592,7 +622,9 @@ pub async fn search(
     if k == 0 || k > MAX_K {
         return Err(ApiError::bad_request(format!("k: must be 1 to {MAX_K}")));
     }
-    let mode = request.mode.map_or(state.config.retrieval.mode, SearchMode::from);
+    let mode = request
+        .mode
+        .map_or(state.config.retrieval.mode, SearchMode::from);
     let began = Instant::now();
     let hits = retrieve(&state, request.query, k, mode).await?;
     Ok(Json(SearchResponse {
@@ -602,14 +634,27 @@ pub async fn search(
 }
 
 /// Runs one search on the blocking pool, 503 when too many are in flight.
-async fn retrieve(state: &AppState, query: String, k: usize, mode: SearchMode) -> ApiResult<Vec<SearchHit>> {
+async fn retrieve(
+    state: &AppState,
+    query: String,
+    k: usize,
+    mode: SearchMode,
+) -> ApiResult<Vec<SearchHit>> {
     if query.trim().is_empty() {
         return Err(ApiError::bad_request("query: must not be empty"));
     }
     let index = state.services()?.index.clone();
-    let permit = state.search_slots.clone().try_acquire_owned().map_err(|_| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many searches in flight; try again shortly")
-    })?;
+    let permit = state
+        .search_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many searches in flight; try again shortly",
+            )
+        })?;
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
         index.search(&query, k, mode)
@@ -642,7 +687,9 @@ pub async fn ask(
     let settings = AskSettings {
         mode: match (request.mode, request.decoding) {
             (AskMode::Token, _) => RagMode::Token,
-            (AskMode::Sequence, Decoding::Thorough) => RagMode::Sequence(SequenceDecoding::Thorough),
+            (AskMode::Sequence, Decoding::Thorough) => {
+                RagMode::Sequence(SequenceDecoding::Thorough)
+            }
             (AskMode::Sequence, Decoding::Fast) => RagMode::Sequence(SequenceDecoding::Fast),
         },
         beams: request.beams.unwrap_or(rag.beams),
@@ -655,19 +702,25 @@ pub async fn ask(
         ("max_new_tokens", settings.max_new_tokens, MAX_NEW_TOKENS),
     ] {
         if value == 0 || value > most {
-            return Err(ApiError::bad_request(format!("{what}: must be 1 to {most}")));
+            return Err(ApiError::bad_request(format!(
+                "{what}: must be 1 to {most}"
+            )));
         }
     }
     settings.check()?;
     if request.question.trim().is_empty() {
         return Err(ApiError::bad_request("question: must not be empty"));
     }
-    let mode = request.search_mode.map_or(state.config.retrieval.mode, SearchMode::from);
+    let mode = request
+        .search_mode
+        .map_or(state.config.retrieval.mode, SearchMode::from);
     let hits = retrieve(&state, request.question.clone(), n_docs, mode).await?;
     let retrieved = began.elapsed();
     state.metrics.stage("retrieve", retrieved);
     if hits.is_empty() {
-        return Err(ApiError::bad_request("no passages found for the question: is anything indexed?"));
+        return Err(ApiError::bad_request(
+            "no passages found for the question: is anything indexed?",
+        ));
     }
     let services = state.services()?;
     let (reply, answered) = oneshot::channel();
@@ -702,16 +755,20 @@ pub async fn ask(
                 attribute: ms(answer.timings.attribute),
                 total: ms(began.elapsed()),
             },
-            citations: answer.citations.into_iter().map(|c| CitationView {
-                snippet: snippet(&c.text),
-                passage_id: c.passage_id,
-                doc_id: c.doc_id,
-                title: c.title,
-                source: c.source,
-                score: c.score,
-                prior: c.prior,
-                posterior: c.posterior,
-            }).collect(),
+            citations: answer
+                .citations
+                .into_iter()
+                .map(|c| CitationView {
+                    snippet: snippet(&c.text),
+                    passage_id: c.passage_id,
+                    doc_id: c.doc_id,
+                    title: c.title,
+                    source: c.source,
+                    score: c.score,
+                    prior: c.prior,
+                    posterior: c.posterior,
+                })
+                .collect(),
         }
     };
     match preview_events {
@@ -734,23 +791,42 @@ fn event_stream(
     finish: impl FnOnce(Answer, Duration) -> AskResponse + Send + 'static,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
     enum Phase<F> {
-        Previews(mpsc::UnboundedReceiver<Preview>, oneshot::Receiver<crate::asks::Answered>, F),
+        Previews(
+            mpsc::UnboundedReceiver<Preview>,
+            oneshot::Receiver<crate::asks::Answered>,
+            F,
+        ),
         Done,
     }
-    stream::unfold(Phase::Previews(previews, answered, finish), |phase| async move {
-        let Phase::Previews(mut previews, answered, finish) = phase else { return None };
-        // The generator drops the preview sender with the question, after replying.
-        if let Some(p) = previews.recv().await {
-            let event = json_event("token", &TokenEvent { delta: p.delta, partial: p.partial, revised: p.revised });
-            return Some((Ok(event), Phase::Previews(previews, answered, finish)));
-        }
-        let event = match answered.await {
-            Ok(Ok((answer, queued))) => json_event("answer", &finish(answer, queued)),
-            Ok(Err(e)) => json_event("error", &error_body(e)),
-            Err(_) => json_event("error", &error_body(ApiError::internal("the generator dropped the question"))),
-        };
-        Some((Ok(event), Phase::Done))
-    })
+    stream::unfold(
+        Phase::Previews(previews, answered, finish),
+        |phase| async move {
+            let Phase::Previews(mut previews, answered, finish) = phase else {
+                return None;
+            };
+            // The generator drops the preview sender with the question, after replying.
+            if let Some(p) = previews.recv().await {
+                let event = json_event(
+                    "token",
+                    &TokenEvent {
+                        delta: p.delta,
+                        partial: p.partial,
+                        revised: p.revised,
+                    },
+                );
+                return Some((Ok(event), Phase::Previews(previews, answered, finish)));
+            }
+            let event = match answered.await {
+                Ok(Ok((answer, queued))) => json_event("answer", &finish(answer, queued)),
+                Ok(Err(e)) => json_event("error", &error_body(e)),
+                Err(_) => json_event(
+                    "error",
+                    &error_body(ApiError::internal("the generator dropped the question")),
+                ),
+            };
+            Some((Ok(event), Phase::Done))
+        },
+    )
 }
 
 fn error_body(e: ApiError) -> ErrorBody {
@@ -795,9 +871,20 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Rea
     match state.services.get() {
         Some(s) => (
             StatusCode::OK,
-            Json(Readiness { ready: true, model: Some(s.model.clone()), documents: Some(s.index.documents().len()) }),
+            Json(Readiness {
+                ready: true,
+                model: Some(s.model.clone()),
+                documents: Some(s.index.documents().len()),
+            }),
         ),
-        None => (StatusCode::SERVICE_UNAVAILABLE, Json(Readiness { ready: false, model: None, documents: None })),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(Readiness {
+                ready: false,
+                model: None,
+                documents: None,
+            }),
+        ),
     }
 }
 
@@ -805,7 +892,10 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Rea
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }
@@ -829,13 +919,25 @@ mod tests {
         assert_eq!(snippet("short"), "short");
         let long = "word ".repeat(100);
         let s = snippet(&long);
-        assert!(s.ends_with("word…") && s.chars().count() <= SNIPPET_CHARS + 1, "{s}");
+        assert!(
+            s.ends_with("word…") && s.chars().count() <= SNIPPET_CHARS + 1,
+            "{s}"
+        );
     }
 
     #[test]
     fn the_openapi_document_names_every_route() {
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
-        for path in ["/v1/documents", "/v1/documents/{id}", "/v1/jobs/{id}", "/v1/search", "/v1/ask", "/healthz", "/readyz", "/metrics"] {
+        for path in [
+            "/v1/documents",
+            "/v1/documents/{id}",
+            "/v1/jobs/{id}",
+            "/v1/search",
+            "/v1/ask",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+        ] {
             assert!(doc["paths"][path].is_object(), "{path}");
         }
         assert!(doc["components"]["schemas"]["AskRequest"]["properties"]["stream"].is_object());

@@ -57,7 +57,12 @@ pub struct AskQueue {
 impl AskQueue {
     /// Starts the generator thread with room for `capacity` waiting questions,
     /// decoding up to `max_batch` together.
-    pub fn start(answerer: Answerer, capacity: usize, max_batch: usize, metrics: Arc<Metrics>) -> AskQueue {
+    pub fn start(
+        answerer: Answerer,
+        capacity: usize,
+        max_batch: usize,
+        metrics: Arc<Metrics>,
+    ) -> AskQueue {
         let (sender, receiver) = sync_channel(capacity);
         let worker_metrics = metrics.clone();
         std::thread::Builder::new()
@@ -89,7 +94,12 @@ impl AskQueue {
 }
 
 /// The generator thread: batches of compatible questions, oldest first.
-fn work(answerer: &Answerer, receiver: &Receiver<(AskTask, Instant)>, max_batch: usize, metrics: &Metrics) {
+fn work(
+    answerer: &Answerer,
+    receiver: &Receiver<(AskTask, Instant)>,
+    max_batch: usize,
+    metrics: &Metrics,
+) {
     // Questions taken off the queue that did not fit the last batch.
     let mut held: VecDeque<Waiting> = VecDeque::new();
     let take = |blocking: bool| -> Option<Waiting> {
@@ -154,7 +164,9 @@ fn answer(answerer: &Answerer, batch: Vec<Waiting>, metrics: &Metrics) {
     let prepared: Vec<Prepared> = batch.iter().map(|w| w.prepared.clone()).collect();
     let mut shown: Vec<String> = vec![String::new(); batch.len()];
     let result = answerer.answer(&prepared, &mut |q, text| {
-        let Some(previews) = batch[q].task.previews.as_ref() else { return };
+        let Some(previews) = batch[q].task.previews.as_ref() else {
+            return;
+        };
         let previous = &mut shown[q];
         if text == previous.as_str() {
             return;
@@ -197,7 +209,10 @@ fn answer(answerer: &Answerer, batch: Vec<Waiting>, metrics: &Metrics) {
             let e = ApiError::from(e);
             tracing::warn!(error = %e, questions = batch.len(), "answering a batch failed");
             for w in batch {
-                let _ = w.task.reply.send(Err(ApiError::new(e.status, e.code, e.message.clone())));
+                let _ = w
+                    .task
+                    .reply
+                    .send(Err(ApiError::new(e.status, e.code, e.message.clone())));
             }
         }
     }

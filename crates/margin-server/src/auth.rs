@@ -122,11 +122,17 @@ mod tests {
         let write = headers("x-api-key", "writer-key-0123456789");
         let wrong = headers("authorization", "Bearer writer-key-012345678");
         assert!(keys.check(&read, Scope::Read).is_ok());
-        assert_eq!(keys.check(&read, Scope::Write).unwrap_err().status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            keys.check(&read, Scope::Write).unwrap_err().status,
+            StatusCode::FORBIDDEN
+        );
         assert!(keys.check(&write, Scope::Write).is_ok());
         assert!(keys.check(&write, Scope::Read).is_ok());
         for scope in [Scope::Read, Scope::Write] {
-            assert_eq!(keys.check(&wrong, scope).unwrap_err().status, StatusCode::UNAUTHORIZED);
+            assert_eq!(
+                keys.check(&wrong, scope).unwrap_err().status,
+                StatusCode::UNAUTHORIZED
+            );
             assert_eq!(
                 keys.check(&HeaderMap::new(), scope).unwrap_err().status,
                 StatusCode::UNAUTHORIZED
@@ -141,8 +147,15 @@ mod tests {
     fn refusals_never_echo_the_key() {
         let keys = Keys::new([], ["writer-key-0123456789"], true);
         let err = keys
-            .check(&headers("authorization", "Bearer not-the-key-secret"), Scope::Write)
+            .check(
+                &headers("authorization", "Bearer not-the-key-secret"),
+                Scope::Write,
+            )
             .unwrap_err();
-        assert!(!err.message.contains("not-the-key-secret"), "{}", err.message);
+        assert!(
+            !err.message.contains("not-the-key-secret"),
+            "{}",
+            err.message
+        );
     }
 }

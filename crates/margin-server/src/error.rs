@@ -69,9 +69,11 @@ impl From<OperationError> for ApiError {
         match e {
             OperationError::BadInput { .. } => ApiError::bad_request(message),
             OperationError::NotFound { .. } => ApiError::not_found(message),
-            OperationError::Store { .. } => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", message)
-            }
+            OperationError::Store { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                message,
+            ),
             OperationError::BadConfig { .. }
             | OperationError::Io { .. }
             | OperationError::ModelUnavailable { .. }

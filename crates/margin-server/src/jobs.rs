@@ -156,7 +156,11 @@ impl Jobs {
         let nothing_to_do = staged.is_empty();
         let job = JobView {
             id: id.clone(),
-            status: if nothing_to_do { JobStatus::Done } else { JobStatus::Queued },
+            status: if nothing_to_do {
+                JobStatus::Done
+            } else {
+                JobStatus::Queued
+            },
             created_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -187,7 +191,9 @@ impl Jobs {
         table.jobs.insert(id.clone(), job.clone());
         table.order.push_back(id);
         while table.order.len() > JOBS_KEPT {
-            let Some(oldest) = table.order.pop_front() else { break };
+            let Some(oldest) = table.order.pop_front() else {
+                break;
+            };
             table.jobs.remove(&oldest);
         }
         Ok(job)
@@ -206,7 +212,12 @@ fn run(index: &Index, table: &Mutex<Table>, metrics: &Metrics, task: Task) {
     let mut waiting: HashMap<usize, HashSet<String>> = task
         .files
         .iter()
-        .map(|f| (f.file, f.passages.iter().map(|p| p.doc_id.clone()).collect()))
+        .map(|f| {
+            (
+                f.file,
+                f.passages.iter().map(|p| p.doc_id.clone()).collect(),
+            )
+        })
         .collect();
     lock(table).update(id, |job| {
         job.status = JobStatus::Running;
@@ -249,7 +260,12 @@ fn run(index: &Index, table: &Mutex<Table>, metrics: &Metrics, task: Task) {
                 .get_or_create(&OutcomeLabels { outcome: "indexed" })
                 .inc_by(task.files.len() as u64);
             metrics.documents.set(index.documents().len() as i64);
-            tracing::info!(job = id, documents = summary.documents, passages = summary.passages, "upload indexed");
+            tracing::info!(
+                job = id,
+                documents = summary.documents,
+                passages = summary.passages,
+                "upload indexed"
+            );
             lock(table).update(id, |job| {
                 job.status = JobStatus::Done;
                 for f in &task.files {

@@ -86,7 +86,12 @@ impl AppState {
         let model = answerer.model_name().to_string();
         let services = Services {
             jobs: Jobs::start(index.clone(), server.job_queue, self.metrics.clone()),
-            asks: AskQueue::start(answerer, server.ask_queue, server.ask_batch, self.metrics.clone()),
+            asks: AskQueue::start(
+                answerer,
+                server.ask_queue,
+                server.ask_batch,
+                self.metrics.clone(),
+            ),
             index,
             model,
         };
@@ -109,7 +114,8 @@ impl AppState {
 
 /// The whole API and UI.
 pub fn router(state: Arc<AppState>) -> Router {
-    let upload_limit = usize::try_from(state.config.server.max_upload_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+    let upload_limit = usize::try_from(state.config.server.max_upload_mb.saturating_mul(1 << 20))
+        .unwrap_or(usize::MAX);
     Router::new()
         .route("/", get(web::index))
         .route("/app.js", get(web::script))
@@ -120,7 +126,10 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .layer(DefaultBodyLimit::max(upload_limit))
                 .get(api::list_documents),
         )
-        .route("/v1/documents/{id}", get(api::get_document).delete(api::delete_document))
+        .route(
+            "/v1/documents/{id}",
+            get(api::get_document).delete(api::delete_document),
+        )
         .route("/v1/jobs/{id}", get(api::get_job))
         .route("/v1/search", post(api::search))
         .route("/v1/ask", post(api::ask))
@@ -138,7 +147,11 @@ async fn openapi() -> impl IntoResponse {
 }
 
 async fn not_found(request: Request) -> ApiError {
-    ApiError::not_found(format!("no route {} {}", request.method(), request.uri().path()))
+    ApiError::not_found(format!(
+        "no route {} {}",
+        request.method(),
+        request.uri().path()
+    ))
 }
 
 /// Times every request out after `server.request_timeout_secs` and counts it.
@@ -155,14 +168,31 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         Err(_) => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "timeout",
-            format!("no answer within {} s (server.request_timeout_secs)", limit.as_secs()),
+            format!(
+                "no answer within {} s (server.request_timeout_secs)",
+                limit.as_secs()
+            ),
         )
         .into_response(),
     };
     let took = began.elapsed();
     let status = response.status().as_u16();
-    state.metrics.requests.get_or_create(&RequestLabels { method: method.clone(), route: route.clone(), status }).inc();
-    state.metrics.request_seconds.get_or_create(&RouteLabels { route: route.clone() }).observe(took.as_secs_f64());
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            method: method.clone(),
+            route: route.clone(),
+            status,
+        })
+        .inc();
+    state
+        .metrics
+        .request_seconds
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+        })
+        .observe(took.as_secs_f64());
     tracing::debug!(%method, %route, status, ms = took.as_millis() as u64, "request");
     response
 }
@@ -174,5 +204,7 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

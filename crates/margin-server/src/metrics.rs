@@ -72,26 +72,44 @@ impl Default for Metrics {
         let mut registry = Registry::with_prefix("margin");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("http_requests", "HTTP requests answered", requests.clone());
-        let request_seconds = Seconds::<RouteLabels>::new_with_constructor(latency_buckets as fn() -> Histogram);
+        let request_seconds =
+            Seconds::<RouteLabels>::new_with_constructor(latency_buckets as fn() -> Histogram);
         registry.register(
             "http_request_duration_seconds",
             "Time to answer a request (streams: to the first byte)",
             request_seconds.clone(),
         );
-        let ask_stage_seconds = Seconds::<StageLabels>::new_with_constructor(latency_buckets as fn() -> Histogram);
+        let ask_stage_seconds =
+            Seconds::<StageLabels>::new_with_constructor(latency_buckets as fn() -> Histogram);
         registry.register(
             "ask_stage_seconds",
             "Time per stage of answering a question",
             ask_stage_seconds.clone(),
         );
         let ask_batch = Histogram::new(linear_buckets(1.0, 1.0, 16));
-        registry.register("ask_batch_questions", "Questions decoded in one generator batch", ask_batch.clone());
+        registry.register(
+            "ask_batch_questions",
+            "Questions decoded in one generator batch",
+            ask_batch.clone(),
+        );
         let ask_queue_depth = Gauge::default();
-        registry.register("ask_queue_depth", "Questions waiting for the generator", ask_queue_depth.clone());
+        registry.register(
+            "ask_queue_depth",
+            "Questions waiting for the generator",
+            ask_queue_depth.clone(),
+        );
         let ingest_files = Family::<OutcomeLabels, Counter>::default();
-        registry.register("ingest_files", "Uploaded files, by outcome", ingest_files.clone());
+        registry.register(
+            "ingest_files",
+            "Uploaded files, by outcome",
+            ingest_files.clone(),
+        );
         let ingest_passages = Counter::default();
-        registry.register("ingest_passages", "Passages embedded and stored from uploads", ingest_passages.clone());
+        registry.register(
+            "ingest_passages",
+            "Passages embedded and stored from uploads",
+            ingest_passages.clone(),
+        );
         let documents = Gauge::default();
         registry.register("documents", "Documents in the index", documents.clone());
         Metrics {

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use clap::{Args, ValueEnum};
-use margin_answer::{AskSettings, Answerer, Citation};
+use margin_answer::{Answerer, AskSettings, Citation};
 use margin_core::config::SearchMode;
 use margin_core::Config;
 use margin_rag::sequence::SequenceDecoding;

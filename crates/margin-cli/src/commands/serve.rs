@@ -35,7 +35,11 @@ pub fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
         config.server.bind = bind.clone();
     }
     let server = &config.server;
-    let mut write_keys: Vec<String> = server.write_keys.iter().map(|k| k.expose().to_string()).collect();
+    let mut write_keys: Vec<String> = server
+        .write_keys
+        .iter()
+        .map(|k| k.expose().to_string())
+        .collect();
     // Uploading always needs a write key; without one configured, this
     // session makes its own and shows it once, here, never in the logs.
     let session_key = write_keys.is_empty().then(|| {
@@ -62,7 +66,9 @@ pub fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
         let address = listener.local_addr()?;
         println!("margin serving on http://{address}/");
         if let Some(key) = &session_key {
-            println!("write key for this session (set server.write_keys to choose your own): {key}");
+            println!(
+                "write key for this session (set server.write_keys to choose your own): {key}"
+            );
             println!("web UI with that key: http://{address}/#key={key}");
         }
         let state = AppState::new(config.clone(), keys);
@@ -76,7 +82,9 @@ pub fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
         let shutdown = async {
             let terminate = async {
                 #[cfg(unix)]
-                if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                if let Ok(mut s) =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                {
                     s.recv().await;
                     return;
                 }

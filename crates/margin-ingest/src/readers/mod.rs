@@ -240,13 +240,23 @@ mod tests {
         assert_eq!(docs[0].title, "notes");
 
         let corpus = dir.path().join("staging").join("c.jsonl");
-        std::fs::write(&corpus, "{\"id\": \"d1\", \"title\": \"T\", \"text\": \"x y\"}\n").unwrap();
+        std::fs::write(
+            &corpus,
+            "{\"id\": \"d1\", \"title\": \"T\", \"text\": \"x y\"}\n",
+        )
+        .unwrap();
         let docs = read_documents_as(&corpus, Path::new("uploads/c.jsonl")).unwrap();
-        assert_eq!((docs[0].id.as_str(), docs[0].source.as_str()), ("d1", "uploads/c.jsonl:1"));
+        assert_eq!(
+            (docs[0].id.as_str(), docs[0].source.as_str()),
+            ("d1", "uploads/c.jsonl:1")
+        );
 
         std::fs::write(&staged, "").unwrap();
         let err = read_documents_as(&staged, named).unwrap_err().to_string();
-        assert!(err.starts_with("uploads/notes.md:") && !err.contains("staging"), "{err}");
+        assert!(
+            err.starts_with("uploads/notes.md:") && !err.contains("staging"),
+            "{err}"
+        );
     }
 
     #[test]
