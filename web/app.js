@@ -12,7 +12,9 @@ let shown = 0;
 function initKey() {
   const match = location.hash.match(/key=([^&]+)/);
   if (match) {
-    sessionStorage.setItem("margin-key", decodeURIComponent(match[1]));
+    try {
+      sessionStorage.setItem("margin-key", decodeURIComponent(match[1]));
+    } catch { /* a malformed fragment: the key field stays as it was */ }
     history.replaceState(null, "", location.pathname);
   }
   $("api-key").value = sessionStorage.getItem("margin-key") || "";
@@ -102,7 +104,13 @@ function uploadFile(file) {
 
 async function followJob(id, row) {
   for (;;) {
-    const response = await fetch(`/v1/jobs/${id}`, { headers: authHeaders() });
+    let response;
+    try {
+      response = await fetch(`/v1/jobs/${id}`, { headers: authHeaders() });
+    } catch {
+      row.state("lost contact with the server; refresh the document list later", "failed");
+      return;
+    }
     if (!response.ok) {
       row.state(await errorText(response), "failed");
       return;
@@ -144,29 +152,47 @@ function initUploads() {
 
 // ---- documents -------------------------------------------------------------
 
+// Each load supersedes the ones before it, so rows are never listed twice.
+let listing = 0;
+
 async function loadDocuments(reset) {
-  if (reset) { shown = 0; $("documents").replaceChildren(); }
-  const response = await fetch(`/v1/documents?offset=${shown}&limit=${PAGE}`, { headers: authHeaders() });
+  const mine = ++listing;
+  const offset = reset ? 0 : shown;
+  let response;
+  try {
+    response = await fetch(`/v1/documents?offset=${offset}&limit=${PAGE}`, { headers: authHeaders() });
+  } catch {
+    $("doc-count").textContent = "Indexed documents: the server could not be reached";
+    return;
+  }
+  if (mine !== listing) return;
   if (!response.ok) {
     $("doc-count").textContent = `Indexed documents: ${await errorText(response)}`;
     return;
   }
   const page = await response.json();
+  if (mine !== listing) return;
+  if (reset) { shown = 0; $("documents").replaceChildren(); }
   for (const doc of page.documents) $("documents").append(documentRow(doc));
   shown += page.documents.length;
   $("doc-count").textContent = `Indexed documents (${page.total})`;
   $("more").hidden = shown >= page.total;
 }
 
-function documentRow(doc) {
-  const li = document.createElement("li");
-  const text = document.createElement("span");
-  const title = document.createElement("strong");
-  title.textContent = doc.title || doc.doc_id;
+// A bold title followed by muted details, as text (never parsed as HTML).
+function titled(container, title, details) {
+  const strong = document.createElement("strong");
+  strong.textContent = title;
   const meta = document.createElement("span");
   meta.className = "help";
-  meta.textContent = ` ${doc.source} · ${doc.passages} passages`;
-  text.append(title, meta);
+  meta.textContent = ` ${details}`;
+  container.append(strong, meta);
+  return container;
+}
+
+function documentRow(doc) {
+  const li = document.createElement("li");
+  const text = titled(document.createElement("span"), doc.title || doc.doc_id, `${doc.source} · ${doc.passages} passages`);
   const button = document.createElement("button");
   button.type = "button";
   button.textContent = "Delete";
@@ -207,10 +233,14 @@ async function readEvents(response, on) {
   }
 }
 
+let asking = false;
+
 async function ask(e) {
   e.preventDefault();
   const question = $("question").value.trim();
-  if (!question) return;
+  // One question at a time: Enter while one streams does nothing.
+  if (!question || asking) return;
+  asking = true;
   const button = $("ask-button");
   button.disabled = true;
   $("status").textContent = "Retrieving and generating…";
@@ -232,15 +262,18 @@ async function ask(e) {
       body: JSON.stringify(body),
     });
     if (!response.ok) throw new Error(await errorText(response));
+    let answered = false;
     await readEvents(response, (event, data) => {
       if (event === "token") $("answer").textContent = data.partial;
-      else if (event === "answer") showAnswer(data);
+      else if (event === "answer") { answered = true; showAnswer(data); }
       else if (event === "error") throw new Error(data.error.message);
     });
+    if (!answered) throw new Error("the answer stream ended early");
     $("status").textContent = "Done.";
   } catch (err) {
     $("status").textContent = `Error: ${err.message}`;
   } finally {
+    asking = false;
     button.disabled = false;
   }
 }
@@ -248,16 +281,11 @@ async function ask(e) {
 function showAnswer(data) {
   $("answer").textContent = data.answer || "(empty answer)";
   const t = data.timings_ms;
-  $("timings").textContent = `RAG-${data.mode} with ${data.model}: ${Math.round(t.total)} ms (retrieve ${Math.round(t.retrieve)}, queue ${Math.round(t.queue)}, prefill ${Math.round(t.prefill)}, decode ${Math.round(t.decode)}, rescore ${Math.round(t.rescore)}, attribute ${Math.round(t.attribute)}); batch of ${data.batch_size}`;
+  $("timings").textContent = `RAG-${data.mode.replace(/^./, (m) => m.toUpperCase())} with ${data.model}: ${Math.round(t.total)} ms (retrieve ${Math.round(t.retrieve)}, queue ${Math.round(t.queue)}, prefill ${Math.round(t.prefill)}, decode ${Math.round(t.decode)}, rescore ${Math.round(t.rescore)}, attribute ${Math.round(t.attribute)}); batch of ${data.batch_size}`;
   data.citations.forEach((c, i) => {
     const li = document.createElement("li");
-    const head = document.createElement("p");
-    const title = document.createElement("strong");
-    title.textContent = c.title || c.doc_id;
-    const meta = document.createElement("span");
-    meta.className = "help";
-    meta.textContent = ` ${c.source} · ${c.passage_id} · prior ${c.prior.toFixed(3)} · posterior ${c.posterior.toFixed(3)}`;
-    head.append(title, meta);
+    const head = titled(document.createElement("p"), c.title || c.doc_id,
+      `${c.source} · ${c.passage_id} · prior ${c.prior.toFixed(3)} · posterior ${c.posterior.toFixed(3)}`);
     const snippet = document.createElement("p");
     snippet.className = "snippet";
     snippet.textContent = c.snippet;
@@ -316,7 +344,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("mode").addEventListener("change", () => { $("decoding").disabled = $("mode").value !== "sequence"; });
   $("ask").addEventListener("submit", ask);
   $("question").addEventListener("keydown", (e) => {
-    if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("ask").requestSubmit(); }
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); $("ask").requestSubmit(); }
   });
   loadDocuments(true);
 });

@@ -271,6 +271,10 @@ fn upload_search_ask_delete_and_restart() {
         "{body}"
     );
 
+    // Refused uploads leave nothing staged.
+    let staging = tmp.path().join("data/uploads/.staging");
+    assert!(!staging.exists() || std::fs::read_dir(&staging).unwrap().next().is_none());
+
     // One good file, one binary file, one unsupported type: the good one is indexed.
     let (status, body) = upload(
         &server,
@@ -337,6 +341,23 @@ fn upload_search_ask_delete_and_restart() {
             .send_string("{not json"),
     );
     assert_eq!((status, error_code(&body)), (400, "bad_request"));
+    // Wrong method, unknown route, an id that is not UTF-8: JSON errors too.
+    for (request, status, code) in [
+        (
+            ureq::put(&server.url("/v1/search")),
+            405,
+            "method_not_allowed",
+        ),
+        (ureq::get(&server.url("/v2/nothing")), 404, "not_found"),
+        (
+            ureq::get(&server.url("/v1/documents/%FF")),
+            400,
+            "bad_request",
+        ),
+    ] {
+        let (got, body) = call(with_key(request, READ_KEY), None);
+        assert_eq!((got, error_code(&body)), (status, code), "{body}");
+    }
 
     // RAG-Token, as JSON.
     let (status, answer) = call(
@@ -577,6 +598,21 @@ fn a_slow_request_times_out_with_a_json_error() {
         ),
     );
     assert_eq!((status, error_code(&body)), (503, "timeout"), "{body}");
+    // A stream past its deadline ends with a timeout event.
+    let response = ureq::post(&server.url("/v1/ask"))
+        .set("Content-Type", "application/json")
+        .send_string(
+            &json!({"question": "Why does the moon cause tides?", "mode": "sequence", "n_docs": 5, "beams": 4, "max_new_tokens": 128, "stream": true})
+                .to_string(),
+        )
+        .unwrap();
+    let streamed = events(response);
+    let (event, data) = streamed.last().unwrap();
+    assert_eq!(
+        (event.as_str(), error_code(data)),
+        ("error", "timeout"),
+        "{streamed:?}"
+    );
     let (status, body) = call(ureq::get(&server.url("/readyz")), None);
     assert_eq!((status, body["ready"].as_bool()), (200, Some(true)));
 }

@@ -677,6 +677,10 @@ impl BartSession<'_> {
     }
 }
 
+/// Target positions whose whole log-probability rows exist at once when
+/// scoring (bart-large's 50k vocabulary: ~26 MB).
+const SCORE_POSITIONS: usize = 128;
+
 impl BartSession<'_> {
     /// Log-probabilities [picks, vocab] after each picked (row, index) of
     /// `inputs` run after every row, the state left as it was.
@@ -749,6 +753,19 @@ impl Session for BartSession<'_> {
     }
 
     fn score(&self, targets: &[Vec<u32>]) -> OperationResult<Vec<Vec<f32>>> {
+        // BART's forward materialises every position's whole distribution:
+        // many long targets are scored a few rows at a time.
+        let longest = targets.iter().map(Vec::len).max().unwrap_or(1).max(1);
+        let chunk = (SCORE_POSITIONS / longest).max(1);
+        if targets.len() > chunk {
+            check_per_row(self.rows(), "targets", targets.len())?;
+            let mut scores = Vec::with_capacity(targets.len());
+            for (c, part) in targets.chunks(chunk).enumerate() {
+                let rows: Vec<usize> = (c * chunk..c * chunk + part.len()).collect();
+                scores.extend(self.fork(&rows)?.score(part)?);
+            }
+            return Ok(scores);
+        }
         score_with(
             self,
             self.bart.config.vocab_size,

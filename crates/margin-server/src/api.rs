@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::multipart::MultipartRejection;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Multipart, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -367,22 +367,12 @@ pub async fn upload(
             ),
         )
     })?;
-    let staging = state
-        .config
-        .data_dir
-        .join(UPLOADS)
-        .join(".staging")
-        .join(uuid::Uuid::new_v4().simple().to_string());
-    let received = receive(&mut multipart, &staging).await;
-    let (mut files, staged) = match received {
-        Ok(files) => files,
-        Err(e) => {
-            let _ = tokio::fs::remove_dir_all(&staging).await;
-            return Err(e);
-        }
+    let mut staging = Staging {
+        dir: staging_dir(&state.config.data_dir).join(uuid::Uuid::new_v4().simple().to_string()),
+        handed_over: false,
     };
+    let (mut files, staged) = receive(&mut multipart, &staging.dir).await?;
     if files.is_empty() {
-        let _ = tokio::fs::remove_dir_all(&staging).await;
         return Err(ApiError::bad_request(
             "no files: send multipart/form-data with one or more `files` parts, each with a file name",
         ));
@@ -392,11 +382,26 @@ pub async fn upload(
     let uploads = state.config.data_dir.join(UPLOADS);
     let (files, staged) = tokio::task::spawn_blocking(move || {
         let mut ready = Vec::new();
+        // A document id belongs to one file of a request (corpus records carry their own ids).
+        let mut seen: HashSet<String> = HashSet::new();
         for (file, staged) in staged {
             let view: &mut FileView = &mut files[file];
             let named = FsPath::new(UPLOADS).join(&view.name);
-            match read_documents_as(&staged, &named) {
+            let read = read_documents_as(&staged, &named)
+                .map_err(|e| e.to_string())
+                .and_then(
+                    |documents| match documents.iter().find(|d| seen.contains(&d.id)) {
+                        Some(d) => Err(format!(
+                            "{}: document id `{}` is also in another file of this upload",
+                            named.display(),
+                            d.id
+                        )),
+                        None => Ok(documents),
+                    },
+                );
+            match read {
                 Ok(documents) => {
+                    seen.extend(documents.iter().map(|d| d.id.clone()));
                     let passages = chunker.chunk_all(&documents);
                     view.doc_ids = documents.into_iter().map(|d| d.id).collect();
                     view.passages = passages.len();
@@ -409,7 +414,7 @@ pub async fn upload(
                 }
                 Err(e) => {
                     view.status = FileStatus::Failed;
-                    view.error = Some(e.to_string());
+                    view.error = Some(e);
                 }
             }
         }
@@ -427,7 +432,6 @@ pub async fn upload(
         }
     }
     if staged.is_empty() {
-        let _ = tokio::fs::remove_dir_all(&staging).await;
         let reasons: Vec<String> = files.iter().filter_map(|f| f.error.clone()).collect();
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -435,8 +439,29 @@ pub async fn upload(
             format!("no file could be read: {}", reasons.join("; ")),
         ));
     }
-    let job = services.jobs.submit(files, staged, staging)?;
+    let job = services.jobs.submit(files, staged, staging.dir.clone())?;
+    staging.handed_over = true;
     Ok((StatusCode::ACCEPTED, Json(UploadResponse { job })))
+}
+
+/// Where uploads wait to be indexed.
+pub fn staging_dir(data_dir: &FsPath) -> PathBuf {
+    data_dir.join(UPLOADS).join(".staging")
+}
+
+/// An upload's staging folder, removed when the request ends (answered,
+/// failed, timed out or dropped by its client) unless a job took it over.
+struct Staging {
+    dir: PathBuf,
+    handed_over: bool,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.handed_over {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
 }
 
 /// Saves every file part under `staging`; returns the files' views and where each was staged.
@@ -559,9 +584,10 @@ pub async fn list_documents(
 pub async fn get_document(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<DocumentView>> {
     state.keys.check(&headers, Scope::Read)?;
+    let Path(id) = id?;
     Ok(Json(state.services()?.index.document(&id)?.into()))
 }
 
@@ -572,21 +598,28 @@ pub async fn get_document(
 pub async fn delete_document(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<DocumentView>> {
     state.keys.check(&headers, Scope::Write)?;
-    let index = state.services()?.index.clone();
-    let data_dir = state.config.data_dir.clone();
-    let removed = tokio::task::spawn_blocking(move || index.remove(&id))
-        .await
-        .map_err(|e| ApiError::internal(format!("deleting: {e}")))??;
-    // A single-document upload's file goes with its document.
-    if let Some(name) = removed.source.strip_prefix(&format!("{UPLOADS}/")) {
-        if file_name(name).is_ok() {
-            let _ = tokio::fs::remove_file(data_dir.join(UPLOADS).join(name)).await;
+    let Path(id) = id?;
+    let services = state.services()?;
+    let (index, uploads_lock) = (services.index.clone(), services.jobs.uploads.clone());
+    let uploads = state.config.data_dir.join(UPLOADS);
+    let removed = tokio::task::spawn_blocking(move || {
+        let removed = index.remove(&id)?;
+        // A single-document upload's file goes with its document, unless an
+        // upload of the same name indexed it again meanwhile.
+        if let Some(name) = removed.source.strip_prefix(&format!("{UPLOADS}/")) {
+            let _uploads = uploads_lock.lock().unwrap_or_else(|p| p.into_inner());
+            if file_name(name).as_deref() == Ok(name) && index.document(&id).is_err() {
+                let _ = std::fs::remove_file(uploads.join(name));
+            }
         }
-    }
-    state.metrics.documents.dec();
+        state.metrics.documents.set(index.documents().len() as i64);
+        Ok::<_, ApiError>(removed)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("deleting: {e}")))??;
     Ok(Json(removed.into()))
 }
 
@@ -597,9 +630,10 @@ pub async fn delete_document(
 pub async fn get_job(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<JobView>> {
     state.keys.check(&headers, Scope::Read)?;
+    let Path(id) = id?;
     state.services()?.jobs.get(&id).map(Json).ok_or_else(|| {
         ApiError::not_found(format!(
             "no job `{id}` (jobs are kept in memory until the server restarts)"
@@ -778,17 +812,24 @@ pub async fn ask(
                 .map_err(|_| ApiError::internal("the generator dropped the question"))??;
             Ok(Json(finish(answer, queued)).into_response())
         }
-        Some(events) => Ok(Sse::new(event_stream(events, answered, finish))
-            .keep_alive(KeepAlive::default())
-            .into_response()),
+        Some(events) => {
+            let deadline = tokio::time::Instant::from_std(began)
+                + Duration::from_secs(state.config.server.request_timeout_secs);
+            Ok(Sse::new(event_stream(events, answered, finish, deadline))
+                .keep_alive(KeepAlive::default())
+                .into_response())
+        }
     }
 }
 
-/// The SSE events of one streamed answer: previews, then the answer or an error.
+/// The SSE events of one streamed answer: previews, then the answer or an
+/// error (a `timeout` error once `deadline` passes; the stream then ends, and
+/// the generator drops the question unless it has started on it).
 fn event_stream(
     previews: mpsc::UnboundedReceiver<Preview>,
     answered: oneshot::Receiver<crate::asks::Answered>,
     finish: impl FnOnce(Answer, Duration) -> AskResponse + Send + 'static,
+    deadline: tokio::time::Instant,
 ) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
     enum Phase<F> {
         Previews(
@@ -800,12 +841,15 @@ fn event_stream(
     }
     stream::unfold(
         Phase::Previews(previews, answered, finish),
-        |phase| async move {
+        move |phase| async move {
             let Phase::Previews(mut previews, answered, finish) = phase else {
                 return None;
             };
             // The generator drops the preview sender with the question, after replying.
-            if let Some(p) = previews.recv().await {
+            let Ok(preview) = tokio::time::timeout_at(deadline, previews.recv()).await else {
+                return Some((Ok(timed_out()), Phase::Done));
+            };
+            if let Some(p) = preview {
                 let event = json_event(
                     "token",
                     &TokenEvent {
@@ -816,7 +860,10 @@ fn event_stream(
                 );
                 return Some((Ok(event), Phase::Previews(previews, answered, finish)));
             }
-            let event = match answered.await {
+            let Ok(answered) = tokio::time::timeout_at(deadline, answered).await else {
+                return Some((Ok(timed_out()), Phase::Done));
+            };
+            let event = match answered {
                 Ok(Ok((answer, queued))) => json_event("answer", &finish(answer, queued)),
                 Ok(Err(e)) => json_event("error", &error_body(e)),
                 Err(_) => json_event(
@@ -826,6 +873,18 @@ fn event_stream(
             };
             Some((Ok(event), Phase::Done))
         },
+    )
+}
+
+/// The `error` event of a stream past its deadline.
+fn timed_out() -> Event {
+    json_event(
+        "error",
+        &error_body(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "no answer within server.request_timeout_secs",
+        )),
     )
 }
 

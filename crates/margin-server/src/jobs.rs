@@ -107,6 +107,9 @@ struct Task {
 pub struct Jobs {
     table: Arc<Mutex<Table>>,
     queue: SyncSender<Task>,
+    /// Held while a kept upload file is moved in or deleted, each side
+    /// checking the index first, so a file and its document agree.
+    pub uploads: Arc<Mutex<()>>,
 }
 
 #[derive(Default)]
@@ -132,16 +135,29 @@ impl Jobs {
     pub fn start(index: Arc<Index>, capacity: usize, metrics: Arc<Metrics>) -> Jobs {
         let (queue, tasks) = sync_channel::<Task>(capacity);
         let table = Arc::new(Mutex::new(Table::default()));
-        let worker_table = table.clone();
+        let uploads = Arc::new(Mutex::new(()));
+        let (worker_table, worker_uploads) = (table.clone(), uploads.clone());
         std::thread::Builder::new()
             .name("margin-indexer".into())
             .spawn(move || {
                 for task in tasks {
-                    run(&index, &worker_table, &metrics, task);
+                    let (id, staging) = (task.id.clone(), task.staging.clone());
+                    let outcome = crate::asks::guarded("indexing an upload", || {
+                        run(&index, &worker_table, &worker_uploads, &metrics, task);
+                        Ok(())
+                    });
+                    if let Err(e) = outcome {
+                        lock(&worker_table).update(&id, |job| fail(job, &e.message, |_| true));
+                        let _ = std::fs::remove_dir_all(&staging);
+                    }
                 }
             })
             .expect("starting the indexing thread");
-        Jobs { table, queue }
+        Jobs {
+            table,
+            queue,
+            uploads,
+        }
     }
 
     /// Records a job of `files` (some already failed) and queues its staged
@@ -176,25 +192,45 @@ impl Jobs {
                 files: staged,
                 staging,
             };
+            // The table stays locked until the job is in it, so the indexing
+            // thread always finds the job it is given.
             if let Err(e) = self.queue.try_send(task) {
-                let task = match e {
-                    TrySendError::Full(t) | TrySendError::Disconnected(t) => t,
+                let (task, error) = match e {
+                    TrySendError::Full(t) => (
+                        t,
+                        ApiError::new(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "queue_full",
+                            "too many uploads are waiting to be indexed; try again shortly",
+                        ),
+                    ),
+                    TrySendError::Disconnected(t) => (
+                        t,
+                        ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "unavailable",
+                            "the indexing thread has stopped",
+                        ),
+                    ),
                 };
                 let _ = std::fs::remove_dir_all(&task.staging);
-                return Err(ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "queue_full",
-                    "too many uploads are waiting to be indexed; try again shortly",
-                ));
+                return Err(error);
             }
         }
         table.jobs.insert(id.clone(), job.clone());
         table.order.push_back(id);
+        // Forget the oldest finished jobs beyond the limit.
         while table.order.len() > JOBS_KEPT {
-            let Some(oldest) = table.order.pop_front() else {
+            let jobs = &table.jobs;
+            let Some(at) = table.order.iter().position(|id| {
+                jobs.get(id)
+                    .is_none_or(|j| matches!(j.status, JobStatus::Done | JobStatus::Failed))
+            }) else {
                 break;
             };
-            table.jobs.remove(&oldest);
+            if let Some(old) = table.order.remove(at) {
+                table.jobs.remove(&old);
+            }
         }
         Ok(job)
     }
@@ -205,20 +241,31 @@ impl Jobs {
     }
 }
 
-/// Indexes one job's files, keeping its progress in the table.
-fn run(index: &Index, table: &Mutex<Table>, metrics: &Metrics, task: Task) {
+/// Marks `job` failed with `message`, and those of its files `unfinished` says.
+fn fail(job: &mut JobView, message: &str, unfinished: impl Fn(usize) -> bool) {
+    job.status = JobStatus::Failed;
+    for (i, file) in job.files.iter_mut().enumerate() {
+        if file.status != FileStatus::Failed && unfinished(i) {
+            file.status = FileStatus::Failed;
+            file.error = Some(message.to_string());
+        }
+    }
+    job.error = Some(message.to_string());
+}
+
+/// Indexes one job's files, keeping its progress in the table, then keeps
+/// each indexed file under `uploads/`.
+fn run(index: &Index, table: &Mutex<Table>, uploads: &Mutex<()>, metrics: &Metrics, task: Task) {
     let id = task.id.as_str();
-    // Documents of each file not yet committed: a file is indexed once none are left.
-    let mut waiting: HashMap<usize, HashSet<String>> = task
-        .files
-        .iter()
-        .map(|f| {
-            (
-                f.file,
-                f.passages.iter().map(|p| p.doc_id.clone()).collect(),
-            )
-        })
-        .collect();
+    // Which file each document came from, and how many of each file's
+    // documents are not committed yet: a file is indexed when none are left.
+    let mut owner: HashMap<&str, usize> = HashMap::new();
+    let mut waiting: HashMap<usize, usize> = HashMap::new();
+    for f in &task.files {
+        let docs: HashSet<&str> = f.passages.iter().map(|p| p.doc_id.as_str()).collect();
+        waiting.insert(f.file, docs.len());
+        owner.extend(docs.into_iter().map(|d| (d, f.file)));
+    }
     lock(table).update(id, |job| {
         job.status = JobStatus::Running;
         for f in &task.files {
@@ -235,31 +282,60 @@ fn run(index: &Index, table: &Mutex<Table>, metrics: &Metrics, task: Task) {
             lock(table).update(id, |job| job.passages_done += passages)
         }
         IndexEvent::Committed { documents } => {
-            let mut table = lock(table);
-            for (file, docs) in waiting.iter_mut() {
-                let before = docs.len();
-                docs.retain(|d| !documents.iter().any(|r| &r.doc_id == d));
-                if docs.is_empty() && before > 0 {
-                    table.update(id, |job| job.files[*file].status = FileStatus::Indexed);
+            let mut done = Vec::new();
+            for record in documents {
+                if let Some(&file) = owner.get(record.doc_id.as_str()) {
+                    let left = waiting.entry(file).or_default();
+                    *left = left.saturating_sub(1);
+                    if *left == 0 {
+                        done.push(file);
+                    }
                 }
             }
+            lock(table).update(id, |job| {
+                for file in done {
+                    job.files[file].status = FileStatus::Indexed;
+                }
+            });
         }
     });
-    match result {
-        Ok(summary) => {
-            for f in &task.files {
-                if let Some(parent) = f.kept.parent() {
-                    let _ = std::fs::create_dir_all(parent);
-                }
-                if let Err(e) = std::fs::rename(&f.staged, &f.kept) {
-                    tracing::warn!(file = %f.kept.display(), error = %e, "could not keep the uploaded file");
-                }
+    // Files all of whose documents are indexed (all of them, on success:
+    // unchanged documents are never committed again) are kept.
+    let indexed: Vec<&StagedFile> = task
+        .files
+        .iter()
+        .filter(|f| result.is_ok() || waiting.get(&f.file) == Some(&0))
+        .collect();
+    {
+        let _uploads = uploads.lock().unwrap_or_else(|p| p.into_inner());
+        for f in &indexed {
+            // A delete that came in meanwhile wins: no document, no file.
+            let present = f.passages.iter().any(|p| index.document(&p.doc_id).is_ok());
+            if !present {
+                continue;
             }
+            if let Some(parent) = f.kept.parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+            if let Err(e) = std::fs::rename(&f.staged, &f.kept) {
+                tracing::warn!(file = %f.kept.display(), error = %e, "could not keep the uploaded file");
+            }
+        }
+    }
+    metrics.documents.set(index.documents().len() as i64);
+    for (outcome, count) in [
+        ("indexed", indexed.len()),
+        ("failed", task.files.len() - indexed.len()),
+    ] {
+        if count > 0 {
             metrics
                 .ingest_files
-                .get_or_create(&OutcomeLabels { outcome: "indexed" })
-                .inc_by(task.files.len() as u64);
-            metrics.documents.set(index.documents().len() as i64);
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc_by(count as u64);
+        }
+    }
+    match result {
+        Ok(summary) => {
             tracing::info!(
                 job = id,
                 documents = summary.documents,
@@ -276,20 +352,10 @@ fn run(index: &Index, table: &Mutex<Table>, metrics: &Metrics, task: Task) {
         Err(e) => {
             let message = e.to_string();
             tracing::warn!(job = id, error = %message, "indexing an upload failed");
-            metrics
-                .ingest_files
-                .get_or_create(&OutcomeLabels { outcome: "failed" })
-                .inc_by(task.files.len() as u64);
             lock(table).update(id, |job| {
-                job.status = JobStatus::Failed;
-                // Files whose documents were all committed before the failure stay indexed.
-                for (file, docs) in &waiting {
-                    if !docs.is_empty() {
-                        job.files[*file].status = FileStatus::Failed;
-                        job.files[*file].error = Some(message.clone());
-                    }
-                }
-                job.error = Some(message);
+                fail(job, &message, |file| {
+                    waiting.get(&file).is_some_and(|&left| left > 0)
+                })
             });
         }
     }

@@ -80,6 +80,12 @@ impl AppState {
     /// Starts the indexing and generator threads over `index` and
     /// `answerer`; from now on the server is ready.
     pub fn start(&self, index: Index, answerer: Answerer) {
+        // Uploads a previous run staged but never indexed (it stopped first).
+        let staging = api::staging_dir(&self.config.data_dir);
+        if staging.exists() {
+            tracing::info!(folder = %staging.display(), "removing uploads a previous run left unindexed");
+            let _ = std::fs::remove_dir_all(&staging);
+        }
         let index = Arc::new(index);
         self.metrics.documents.set(index.documents().len() as i64);
         let server = &self.config.server;
@@ -138,12 +144,25 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(api::metrics))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
 
 async fn openapi() -> impl IntoResponse {
     Json(api::ApiDoc::openapi())
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
 }
 
 async fn not_found(request: Request) -> ApiError {
@@ -160,7 +179,12 @@ async fn observe(State(state): State<Arc<AppState>>, request: Request, next: Nex
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = request.method().to_string();
+    // Labels come from a fixed set, whatever a client sends.
+    let method = match request.method().as_str() {
+        m @ ("GET" | "POST" | "DELETE" | "HEAD" | "PUT" | "PATCH" | "OPTIONS") => m,
+        _ => "other",
+    }
+    .to_string();
     let began = Instant::now();
     let limit = Duration::from_secs(state.config.server.request_timeout_secs);
     let response = match tokio::time::timeout(limit, next.run(request)).await {

@@ -31,7 +31,7 @@ fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
             // Everything the page needs comes from this server.
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'",
+                "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'",
             ),
         ],
         body,

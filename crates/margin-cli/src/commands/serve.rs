@@ -1,6 +1,7 @@
 //! `margin serve`: the REST API and web UI on the embedded (or configured)
 //! store, after indexing any paths given.
 
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -59,48 +60,83 @@ pub fn run(config: &Config, args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&config.server.bind)
             .await
             .with_context(|| format!("listening on {} (server.bind)", config.server.bind))?;
         let address = listener.local_addr()?;
         println!("margin serving on http://{address}/");
         if let Some(key) = &session_key {
-            println!(
-                "write key for this session (set server.write_keys to choose your own): {key}"
-            );
-            println!("web UI with that key: http://{address}/#key={key}");
+            show_session_key(&config, address, key)?;
         }
         let state = AppState::new(config.clone(), keys);
-        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
         let loading = state.clone();
-        tokio::task::spawn_blocking(move || {
-            if let Err(e) = load(&loading, &args) {
-                let _ = failed_tx.send(e);
-            }
-        });
-        let shutdown = async {
-            let terminate = async {
-                #[cfg(unix)]
-                if let Ok(mut s) =
-                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                {
-                    s.recv().await;
-                    return;
-                }
-                std::future::pending::<()>().await
-            };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {},
-                _ = terminate => {},
-            }
-            tracing::info!("shutting down: finishing requests in flight");
-        };
+        let loaded = tokio::task::spawn_blocking(move || load(&loading, &args));
+        let serving = margin_server::serve(listener, state, shutdown());
+        tokio::pin!(serving);
         tokio::select! {
-            served = margin_server::serve(listener, state, shutdown) => served.context("serving"),
-            Ok(e) = failed_rx => Err(e.context("loading the index and models")),
+            served = &mut serving => return served.context("serving"),
+            loaded = loaded => match loaded {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e.context("loading the index and models")),
+                Err(e) => anyhow::bail!("loading the index and models: {e}"),
+            },
         }
-    })
+        serving.await.context("serving")
+    });
+    // Work still running on the blocking pool (a model still loading when
+    // Ctrl-C came) is not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    served
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown() {
+    let terminate = async {
+        #[cfg(unix)]
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// Tells the person who started the server this session's write key: on
+/// their terminal, or (when stdout is captured, as logs often are) in a file
+/// only they can read.
+fn show_session_key(
+    config: &Config,
+    address: std::net::SocketAddr,
+    key: &str,
+) -> anyhow::Result<()> {
+    if std::io::stdout().is_terminal() {
+        println!("write key for this session (set server.write_keys to choose your own): {key}");
+        println!("web UI with that key: http://{address}/#key={key}");
+        return Ok(());
+    }
+    let path = config.data_dir.join("session-write-key");
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{key}").with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "write key for this session in {} (set server.write_keys to choose your own)",
+        path.display()
+    );
+    Ok(())
 }
 
 /// Opens the index, indexes `args.index`, loads the generator, and makes the server ready.

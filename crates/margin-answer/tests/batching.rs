@@ -1,0 +1,151 @@
+//! Questions answered together in one batch (as the server's queue does) get
+//! the answers they get alone, in both modes, with the real SmolLM2 (skipped,
+//! and said so, without it).
+
+use margin_answer::{Answerer, AskSettings, LoadedGenerator, RagMode};
+use margin_core::config::RagConfig;
+use margin_core::{Config, Passage};
+use margin_generator::gguf::GgufModel;
+use margin_index::SearchHit;
+use margin_rag::sequence::SequenceDecoding;
+use margin_testkit::real_model;
+
+fn answerer() -> Option<Answerer> {
+    let dir = real_model("answer_batching", "smollm2-135m-instruct")?;
+    let gguf = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "gguf"))
+        .unwrap();
+    let model = GgufModel::load("smollm2", &gguf, &candle_core::Device::Cpu).unwrap();
+    let generator = LoadedGenerator {
+        name: "smollm2".into(),
+        tokenizer: tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap(),
+        chat_template: model.chat_template().cloned(),
+        prompt_bos: model.with_bos(vec![]).first().copied(),
+        model: Box::new(model),
+    };
+    Some(Answerer::new(generator, rag()))
+}
+
+fn rag() -> RagConfig {
+    Config::load(&Default::default()).unwrap().rag
+}
+
+fn hit(doc: &str, text: &str, score: f64) -> SearchHit {
+    SearchHit {
+        passage: Passage {
+            id: format!("{doc}#0"),
+            doc_id: doc.into(),
+            title: doc.into(),
+            text: text.into(),
+            source: format!("{doc}.txt"),
+            position: 0,
+        },
+        score,
+    }
+}
+
+#[test]
+fn a_batch_answers_each_question_as_it_would_be_answered_alone() {
+    let Some(answerer) = answerer() else { return };
+    let questions = [
+        (
+            "When is the Zorblax festival?",
+            vec![
+                hit(
+                    "zorblax",
+                    "The Zorblax festival is held every June in Quillmere.",
+                    0.8,
+                ),
+                hit(
+                    "pears",
+                    "The orchard at Wendlow Hill grows forty kinds of pear.",
+                    0.3,
+                ),
+            ],
+        ),
+        (
+            "How many kinds of pear grow at Wendlow Hill?",
+            vec![
+                hit(
+                    "pears",
+                    "The orchard at Wendlow Hill grows forty kinds of pear.",
+                    0.7,
+                ),
+                hit(
+                    "bridge",
+                    "The old stone bridge in Quillmere has nine arches.",
+                    0.2,
+                ),
+            ],
+        ),
+        (
+            "How many arches does the bridge have?",
+            vec![
+                hit(
+                    "bridge",
+                    "The old stone bridge in Quillmere has nine arches, built in 1790.",
+                    0.75,
+                ),
+                hit(
+                    "zorblax",
+                    "The Zorblax festival is held every June in Quillmere.",
+                    0.35,
+                ),
+            ],
+        ),
+    ];
+    for mode in [RagMode::Token, RagMode::Sequence(SequenceDecoding::Fast)] {
+        let settings = AskSettings {
+            beams: 2,
+            max_new_tokens: 12,
+            ..AskSettings::from_config(&rag(), mode)
+        };
+        let prepared: Vec<_> = questions
+            .iter()
+            .map(|(q, hits)| answerer.prepare(q, hits.clone(), settings).unwrap())
+            .collect();
+        let mut previews = vec![0usize; prepared.len()];
+        let together = answerer
+            .answer(&prepared, &mut |q, _| previews[q] += 1)
+            .unwrap();
+        assert!(
+            previews.iter().all(|&n| n > 0),
+            "{mode:?}: every question hears previews: {previews:?}"
+        );
+        for (i, p) in prepared.iter().enumerate() {
+            let alone = answerer
+                .answer(std::slice::from_ref(p), &mut |_, _| {})
+                .unwrap()
+                .remove(0);
+            assert_eq!(together[i].answer, alone.answer, "{mode:?}, question {i}");
+            assert_eq!(together[i].timings.batch, 3);
+            for (a, b) in together[i].citations.iter().zip(&alone.citations) {
+                assert_eq!(a.passage_id, b.passage_id, "{mode:?}, question {i}");
+                assert!(
+                    (a.posterior - b.posterior).abs() < 1e-3,
+                    "{mode:?}, question {i}: {} vs {}",
+                    a.posterior,
+                    b.posterior
+                );
+            }
+        }
+        assert!(
+            together[0].answer.contains("June"),
+            "{mode:?}: {}",
+            together[0].answer
+        );
+        assert_eq!(together[0].citations[0].doc_id, "zorblax");
+    }
+    // Questions with other settings or passage counts are refused together.
+    let token = AskSettings::from_config(&rag(), RagMode::Token);
+    let a = answerer
+        .prepare("a?", questions[0].1.clone(), token)
+        .unwrap();
+    let b = answerer
+        .prepare("b?", questions[1].1[..1].to_vec(), token)
+        .unwrap();
+    assert!(!a.batches_with(&b));
+    assert!(answerer.answer(&[a, b], &mut |_, _| {}).is_err());
+}
