@@ -21,6 +21,7 @@ use margin_index::{DocumentRecord, SearchHit, MAX_K};
 use margin_ingest::{read_documents_as, Chunker};
 use margin_rag::sequence::SequenceDecoding;
 use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
@@ -472,12 +473,11 @@ async fn receive(
     let mut files = Vec::new();
     let mut staged = Vec::new();
     let mut names = HashSet::new();
-    while let Some(field) = multipart.next_field().await? {
+    while let Some(mut field) = multipart.next_field().await? {
         let Some(given) = field.file_name().map(str::to_string) else {
             // Form fields that are not files carry nothing margin reads.
             continue;
         };
-        let bytes = field.bytes().await?;
         let file = files.len();
         let name = match file_name(&given) {
             Ok(name) if !names.insert(name.clone()) => Err((
@@ -488,18 +488,21 @@ async fn receive(
         };
         match name {
             Ok(name) => {
+                // Written as it arrives: an upload is never held in memory whole.
                 let dir = staging.join(file.to_string());
                 let path = dir.join(&name);
-                tokio::fs::create_dir_all(&dir)
-                    .await
-                    .map_err(|e| ApiError::internal(format!("{}: {e}", dir.display())))?;
-                tokio::fs::write(&path, &bytes)
-                    .await
-                    .map_err(|e| ApiError::internal(format!("{}: {e}", path.display())))?;
+                let io = |e: std::io::Error| ApiError::internal(format!("{}: {e}", path.display()));
+                tokio::fs::create_dir_all(&dir).await.map_err(io)?;
+                let mut out = tokio::fs::File::create(&path).await.map_err(io)?;
+                while let Some(chunk) = field.chunk().await? {
+                    out.write_all(&chunk).await.map_err(io)?;
+                }
+                out.flush().await.map_err(io)?;
                 files.push(queued(name));
                 staged.push((file, path));
             }
             Err((name, error)) => {
+                while field.chunk().await?.is_some() {}
                 let mut view = queued(name);
                 view.status = FileStatus::Failed;
                 view.error = Some(format!("{}: {error}", view.name));

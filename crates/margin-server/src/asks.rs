@@ -288,16 +288,25 @@ mod tests {
         let p = preview(&mut shown, "The").unwrap();
         assert_eq!((p.delta.as_str(), p.revised), ("The", false));
         let p = preview(&mut shown, "The moon").unwrap();
-        assert_eq!((p.delta.as_str(), p.partial.as_str(), p.revised), (" moon", "The moon", false));
+        assert_eq!(
+            (p.delta.as_str(), p.partial.as_str(), p.revised),
+            (" moon", "The moon", false)
+        );
         assert!(preview(&mut shown, "The moon").is_none());
         let p = preview(&mut shown, "Tides").unwrap();
-        assert_eq!((p.delta.as_str(), p.partial.as_str(), p.revised), ("", "Tides", true));
+        assert_eq!(
+            (p.delta.as_str(), p.partial.as_str(), p.revised),
+            ("", "Tides", true)
+        );
     }
 
     #[test]
     fn a_panic_becomes_an_internal_error() {
         let err = guarded::<()>("testing", || panic!("boom")).unwrap_err();
-        assert_eq!((err.status, err.code), (StatusCode::INTERNAL_SERVER_ERROR, "internal"));
+        assert_eq!(
+            (err.status, err.code),
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        );
         assert!(err.message.contains("boom"), "{}", err.message);
         assert_eq!(guarded("testing", || Ok(3)).unwrap(), 3);
     }
