@@ -138,6 +138,9 @@ pub struct Prepared {
     pub rag: Question,
     /// How it is to be answered.
     pub settings: AskSettings,
+    /// Whether [`Answerer::answer`]'s `on_text` hears this question's
+    /// previews (off by default: making them detokenizes at every step).
+    pub previews: bool,
 }
 
 impl Prepared {
@@ -254,12 +257,13 @@ impl Answerer {
                 doc_log_prior,
             },
             settings,
+            previews: false,
         })
     }
 
     /// Answers `batch` (questions that [`Prepared::batches_with`] the first)
-    /// as one batch of generator rows. `on_text` hears, while decoding, each
-    /// question's leading hypothesis as text (a preview: beam search and
+    /// as one batch of generator rows. `on_text` hears, while decoding, the
+    /// leading hypothesis of each question that asked for [`Prepared::previews`], as text (a preview: beam search and
     /// RAG-Sequence rescoring may still choose another).
     pub fn answer(
         &self,
@@ -292,6 +296,9 @@ impl Answerer {
         let questions: Vec<Question> = batch.iter().map(|p| p.rag.clone()).collect();
         let mut timings = Timings::default();
         let mut preview = |q: usize, tokens: &[u32]| {
+            if !batch[q].previews {
+                return;
+            }
             let answer = answer_tokens(tokens, start.len(), special.eos, special.pad);
             if let Ok(text) = self.generator.detokenize(&answer) {
                 on_text(q, text.trim_start());

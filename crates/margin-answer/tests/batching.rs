@@ -104,7 +104,11 @@ fn a_batch_answers_each_question_as_it_would_be_answered_alone() {
         };
         let prepared: Vec<_> = questions
             .iter()
-            .map(|(q, hits)| answerer.prepare(q, hits.clone(), settings).unwrap())
+            .map(|(q, hits)| {
+                let mut p = answerer.prepare(q, hits.clone(), settings).unwrap();
+                p.previews = true;
+                p
+            })
             .collect();
         let mut previews = vec![0usize; prepared.len()];
         let together = answerer

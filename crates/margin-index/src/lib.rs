@@ -396,6 +396,11 @@ impl Index {
         self.read_registry().documents().cloned().collect()
     }
 
+    /// How many documents are indexed (without copying their records).
+    pub fn document_count(&self) -> usize {
+        self.read_registry().documents().len()
+    }
+
     /// The indexed document `doc_id`.
     pub fn document(&self, doc_id: &str) -> OperationResult<DocumentRecord> {
         self.read_registry()

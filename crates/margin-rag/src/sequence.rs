@@ -14,7 +14,7 @@ use margin_generator::{Generator, Session, Stepper};
 
 use crate::math::logsumexp;
 use crate::nll::{sequence_loss, NllOptions};
-use crate::token::check_questions;
+use crate::token::{fork_all, prefill};
 use crate::{DecodeSettings, Question, StepObserver, Timings};
 use std::time::Instant;
 
@@ -53,19 +53,14 @@ pub fn generate(
     timings: &mut Timings,
     on_step: StepObserver<'_>,
 ) -> OperationResult<Vec<Vec<SequenceAnswer>>> {
-    let n = check_questions(questions)?;
+    let (n, prepared) = prefill(generator, questions, timings)?;
     let special = generator.special_tokens();
     let start = generator.output_start();
-    let contexts: Vec<Vec<u32>> = questions.iter().flat_map(|q| q.contexts.clone()).collect();
     let beams = settings.num_beams.max(1);
     let began = Instant::now();
-    let prepared = generator.prepare(&contexts)?;
-    timings.prefill += began.elapsed();
-    let began = Instant::now();
-    let identity: Vec<usize> = (0..contexts.len()).collect();
-    let mut stepper = Stepper::new(prepared.fork(&identity)?, beams);
+    let mut stepper = Stepper::new(fork_all(prepared.as_ref())?, beams);
     let per_context = beam_search(
-        vec![start.clone(); contexts.len()],
+        vec![start.clone(); n * questions.len()],
         &settings.rules(special.eos),
         &settings.beams(special.pad, beams),
         |rows| {

@@ -35,19 +35,14 @@ pub fn generate(
     timings: &mut Timings,
     on_step: StepObserver<'_>,
 ) -> OperationResult<Vec<TokenAnswer>> {
-    let n_docs = check_questions(questions)?;
-    let contexts: Vec<Vec<u32>> = questions.iter().flat_map(|q| q.contexts.clone()).collect();
+    let (n_docs, prepared) = prefill(generator, questions, timings)?;
     let special = generator.special_tokens();
     let rules = settings.rules(special.eos);
     let starts = vec![generator.output_start(); questions.len()];
     let beams = settings.num_beams.max(1);
     let began = Instant::now();
-    let prepared = generator.prepare(&contexts)?;
-    timings.prefill += began.elapsed();
-    let began = Instant::now();
-    let identity: Vec<usize> = (0..contexts.len()).collect();
     let mut scorer = Marginal {
-        session: prepared.fork(&identity)?,
+        session: fork_all(prepared.as_ref())?,
         priors: questions.iter().map(|q| q.doc_log_prior.clone()).collect(),
         n_docs,
         beams,
@@ -99,6 +94,27 @@ fn answer_target(generated: &[u32], eos: u32) -> Vec<u32> {
         Some(end) => generated[..=end].to_vec(),
         None => generated.to_vec(),
     }
+}
+
+/// Runs every passage of every question through the generator as one batch;
+/// returns the passage count and the prepared session, which decoding
+/// forks (see [`fork_all`]) so that teacher forcing can start from it later.
+pub(crate) fn prefill<'g>(
+    generator: &'g dyn Generator,
+    questions: &[Question],
+    timings: &mut Timings,
+) -> OperationResult<(usize, Box<dyn Session + 'g>)> {
+    let n_docs = check_questions(questions)?;
+    let contexts: Vec<Vec<u32>> = questions.iter().flat_map(|q| q.contexts.clone()).collect();
+    let began = Instant::now();
+    let prepared = generator.prepare(&contexts)?;
+    timings.prefill += began.elapsed();
+    Ok((n_docs, prepared))
+}
+
+/// A copy of every row of `session`, to decode in.
+pub(crate) fn fork_all<'s>(session: &'s dyn Session) -> OperationResult<Box<dyn Session + 's>> {
+    session.fork(&(0..session.rows()).collect::<Vec<_>>())
 }
 
 /// Checks that every question has passages, as many as the first, each with a prior.

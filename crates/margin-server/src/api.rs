@@ -618,7 +618,7 @@ pub async fn delete_document(
                 let _ = std::fs::remove_file(uploads.join(name));
             }
         }
-        state.metrics.documents.set(index.documents().len() as i64);
+        state.metrics.documents.set(index.document_count() as i64);
         Ok::<_, ApiError>(removed)
     })
     .await
@@ -936,7 +936,7 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Rea
             Json(Readiness {
                 ready: true,
                 model: Some(s.model.clone()),
-                documents: Some(s.index.documents().len()),
+                documents: Some(s.index.document_count()),
             }),
         ),
         None => (

@@ -11,7 +11,7 @@ use margin_answer::{Answer, Answerer, AskSettings, Prepared};
 use margin_index::SearchHit;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::error::ApiError;
+use crate::error::{guarded, ApiError};
 use crate::metrics::Metrics;
 
 /// What a streaming client hears while its answer is decoded.
@@ -176,12 +176,13 @@ impl Worker {
                     .map_err(ApiError::from)
             });
             match prepared {
-                Ok(prepared) => {
+                Ok(mut prepared) => {
+                    prepared.previews = task.previews.is_some();
                     return Some(Waiting {
                         prepared,
                         task,
                         enqueued,
-                    })
+                    });
                 }
                 Err(e) => {
                     self.metrics.ask_queue_depth.dec();
@@ -261,23 +262,6 @@ fn preview(shown: &mut String, text: &str) -> Option<Preview> {
     Some(preview)
 }
 
-/// Runs `work`, turning a panic into a 500 so that the thread goes on
-/// serving the next questions.
-pub(crate) fn guarded<T>(
-    what: &str,
-    work: impl FnOnce() -> Result<T, ApiError>,
-) -> Result<T, ApiError> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("a panic");
-        tracing::error!(%what, %message, "panicked");
-        Err(ApiError::internal(format!("{what} failed: {message}")))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -298,16 +282,5 @@ mod tests {
             (p.delta.as_str(), p.partial.as_str(), p.revised),
             ("", "Tides", true)
         );
-    }
-
-    #[test]
-    fn a_panic_becomes_an_internal_error() {
-        let err = guarded::<()>("testing", || panic!("boom")).unwrap_err();
-        assert_eq!(
-            (err.status, err.code),
-            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-        );
-        assert!(err.message.contains("boom"), "{}", err.message);
-        assert_eq!(guarded("testing", || Ok(3)).unwrap(), 3);
     }
 }

@@ -131,3 +131,36 @@ impl IntoResponse for ApiError {
 
 /// The result of a handler.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// Runs `work`, turning a panic into a 500 so that the thread goes on
+/// serving the next questions.
+pub(crate) fn guarded<T>(
+    what: &str,
+    work: impl FnOnce() -> Result<T, ApiError>,
+) -> Result<T, ApiError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("a panic");
+        tracing::error!(%what, %message, "panicked");
+        Err(ApiError::internal(format!("{what} failed: {message}")))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_an_internal_error() {
+        let err = guarded::<()>("testing", || panic!("boom")).unwrap_err();
+        assert_eq!(
+            (err.status, err.code),
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        );
+        assert!(err.message.contains("boom"), "{}", err.message);
+        assert_eq!(guarded("testing", || Ok(3)).unwrap(), 3);
+    }
+}

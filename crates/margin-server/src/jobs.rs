@@ -142,7 +142,7 @@ impl Jobs {
             .spawn(move || {
                 for task in tasks {
                     let (id, staging) = (task.id.clone(), task.staging.clone());
-                    let outcome = crate::asks::guarded("indexing an upload", || {
+                    let outcome = crate::error::guarded("indexing an upload", || {
                         run(&index, &worker_table, &worker_uploads, &metrics, task);
                         Ok(())
                     });
@@ -322,7 +322,7 @@ fn run(index: &Index, table: &Mutex<Table>, uploads: &Mutex<()>, metrics: &Metri
             }
         }
     }
-    metrics.documents.set(index.documents().len() as i64);
+    metrics.documents.set(index.document_count() as i64);
     for (outcome, count) in [
         ("indexed", indexed.len()),
         ("failed", task.files.len() - indexed.len()),

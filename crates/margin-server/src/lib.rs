@@ -87,7 +87,7 @@ impl AppState {
             let _ = std::fs::remove_dir_all(&staging);
         }
         let index = Arc::new(index);
-        self.metrics.documents.set(index.documents().len() as i64);
+        self.metrics.documents.set(index.document_count() as i64);
         let server = &self.config.server;
         let model = answerer.model_name().to_string();
         let services = Services {
