@@ -146,7 +146,7 @@ pub struct Prepared {
 impl Prepared {
     /// Whether `other` can be decoded in the same batch as this question.
     pub fn batches_with(&self, other: &Prepared) -> bool {
-        self.settings == other.settings && self.hits.len() == other.hits.len()
+        self.settings == other.settings && self.rag.contexts.len() == other.rag.contexts.len()
     }
 }
 
@@ -226,10 +226,7 @@ impl Answerer {
         hits: Vec<SearchHit>,
         settings: AskSettings,
     ) -> OperationResult<Prepared> {
-        settings.check()?;
-        if question.trim().is_empty() {
-            return Err(OperationError::bad_input("question", "must not be empty"));
-        }
+        check_question(question, &settings)?;
         if hits.is_empty() {
             return Err(OperationError::bad_input(
                 "question",
@@ -243,8 +240,7 @@ impl Answerer {
             .map(|h| {
                 self.context(
                     settings.max_new_tokens,
-                    &h.passage.title,
-                    &h.passage.text,
+                    Some((&h.passage.title, &h.passage.text)),
                     question,
                 )
             })
@@ -255,6 +251,27 @@ impl Answerer {
             rag: Question {
                 contexts,
                 doc_log_prior,
+            },
+            settings,
+            previews: false,
+        })
+    }
+
+    /// The closed-book baseline of `question`: the generator answers from its
+    /// own weights, with no passages (one context, prior 1; the answer has no
+    /// citations). Decoded like any other prepared question.
+    pub fn prepare_closed_book(
+        &self,
+        question: &str,
+        settings: AskSettings,
+    ) -> OperationResult<Prepared> {
+        check_question(question, &settings)?;
+        Ok(Prepared {
+            question: question.to_string(),
+            hits: Vec::new(),
+            rag: Question {
+                contexts: vec![self.context(settings.max_new_tokens, None, question)?],
+                doc_log_prior: vec![0.0],
             },
             settings,
             previews: false,
@@ -356,22 +373,26 @@ impl Answerer {
 
     /// The generator input for one passage: BART's "title / text // question",
     /// cut to rag.max_context_tokens, or rag.prompt through a decoder LLM's
-    /// chat template.
+    /// chat template. Without a passage (closed book): the question alone for
+    /// BART, rag.closed_book_prompt for decoder LLMs.
     fn context(
         &self,
         max_new_tokens: usize,
-        title: &str,
-        text: &str,
+        passage: Option<(&str, &str)>,
         question: &str,
     ) -> OperationResult<Vec<u32>> {
         let loaded = &self.generator;
         let limit = loaded.model.limits().max_context_tokens;
         if !loaded.model.output_start().is_empty() {
+            let input = match passage {
+                Some((title, text)) => bart_context(title, text, question),
+                None => question.to_string(),
+            };
             // With BART's special tokens, as transformers' RAG tokenises them;
             // truncation keeps the closing EOS.
             let mut ids = loaded
                 .tokenizer
-                .encode(bart_context(title, text, question), true)
+                .encode(input, true)
                 .map_err(|e| loaded.error(format!("tokenizing: {e}")))?
                 .get_ids()
                 .to_vec();
@@ -386,7 +407,10 @@ impl Answerer {
             }
             return Ok(ids);
         }
-        let prompt = fill_prompt(&self.rag.prompt, title, text, question);
+        let prompt = match passage {
+            Some((title, text)) => fill_prompt(&self.rag.prompt, title, text, question),
+            None => fill_prompt(&self.rag.closed_book_prompt, "", "", question),
+        };
         let text = match &loaded.chat_template {
             Some(template) => template.render(&[ChatMessage::new("user", prompt)], true)?,
             None => prompt,
@@ -397,7 +421,7 @@ impl Answerer {
             return Err(OperationError::bad_input(
                 "question",
                 format!(
-                    "a passage prompt has {} tokens and the answer may take {max_new_tokens} more; {} takes at most {limit}",
+                    "a prompt has {} tokens and the answer may take {max_new_tokens} more; {} takes at most {limit}",
                     ids.len(),
                     loaded.name
                 ),
@@ -405,6 +429,15 @@ impl Answerer {
         }
         Ok(ids)
     }
+}
+
+/// Refuses a question or settings no answer can come from.
+fn check_question(question: &str, settings: &AskSettings) -> OperationResult<()> {
+    settings.check()?;
+    if question.trim().is_empty() {
+        return Err(OperationError::bad_input("question", "must not be empty"));
+    }
+    Ok(())
 }
 
 /// The citations of an answer whose per-passage log-likelihoods are `per_doc`,

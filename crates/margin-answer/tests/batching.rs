@@ -153,3 +153,51 @@ fn a_batch_answers_each_question_as_it_would_be_answered_alone() {
     assert!(!a.batches_with(&b));
     assert!(answerer.answer(&[a, b], &mut |_, _| {}).is_err());
 }
+
+#[test]
+fn closed_book_answers_from_the_question_alone() {
+    let Some(answerer) = answerer() else { return };
+    let settings = AskSettings {
+        beams: 1,
+        max_new_tokens: 12,
+        ..AskSettings::from_config(&rag(), RagMode::Token)
+    };
+    let question = "What is the capital of France?";
+    let prepared = answerer.prepare_closed_book(question, settings).unwrap();
+    assert!(prepared.hits.is_empty());
+    assert_eq!(prepared.rag.contexts.len(), 1);
+    assert_eq!(prepared.rag.doc_log_prior, vec![0.0]);
+    // The prompt is rag.closed_book_prompt through the chat template: the
+    // question, and none of the per-passage prompt's wording.
+    let prompt = answerer
+        .generator()
+        .tokenizer
+        .decode(&prepared.rag.contexts[0], false)
+        .unwrap();
+    assert!(prompt.contains(question), "{prompt}");
+    assert!(!prompt.contains("Passage:"), "{prompt}");
+    assert!(prompt.contains("<|im_start|>assistant"), "{prompt}");
+
+    let answers = answerer
+        .answer(&[prepared.clone(), prepared], &mut |_, _| {})
+        .unwrap();
+    assert!(answers[0].citations.is_empty());
+    assert_eq!(answers[0].answer, answers[1].answer);
+    assert!(answers[0].answer.contains("Paris"), "{}", answers[0].answer);
+    // A closed-book question cannot share a batch with one over passages.
+    let over_passages = answerer
+        .prepare(
+            question,
+            vec![hit("paris", "Paris is the capital of France.", 0.9)],
+            settings,
+        )
+        .unwrap();
+    let closed = answerer.prepare_closed_book(question, settings).unwrap();
+    assert!(closed.batches_with(&answerer.prepare_closed_book("Who?", settings).unwrap()));
+    assert!(!closed.batches_with(&{
+        let mut two = over_passages.clone();
+        two.rag.contexts.push(two.rag.contexts[0].clone());
+        two.rag.doc_log_prior = vec![-0.7, -0.7];
+        two
+    }));
+}

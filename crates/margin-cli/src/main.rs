@@ -77,11 +77,10 @@ enum Command {
     Ask(commands::ask::AskArgs),
     /// Serve the REST API and web UI (after indexing any `--index` paths).
     Serve(commands::serve::ServeArgs),
-    /// Evaluate on a QA set.
-    Eval {
-        #[command(subcommand)]
-        action: commands::eval::EvalAction,
-    },
+    /// Evaluate on a QA set: EM/F1 per answering mode (RAG-Token,
+    /// RAG-Sequence, closed book), retrieval recall@k per retriever, latency;
+    /// predictions, metrics JSON and an HTML report.
+    Eval(Box<commands::eval::EvalArgs>),
     /// Measure throughput and memory.
     Bench {
         #[command(subcommand)]
@@ -128,7 +127,7 @@ fn main() -> anyhow::Result<()> {
         Command::Generate(a) => commands::generate::run(&config, a),
         Command::Ask(a) => commands::ask::run(&config, a),
         Command::Serve(a) => commands::serve::run(&config, a),
-        Command::Eval { action } => commands::eval::run(&config, action),
+        Command::Eval(a) => commands::eval::run(&config, *a),
         Command::Bench { action } => commands::bench::run(&config, action),
     }
 }

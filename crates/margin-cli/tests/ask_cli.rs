@@ -5,25 +5,14 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-use margin_testkit::{real_model, shared_eval_file};
+use margin_testkit::{real_model, run_margin, shared_eval_file};
 
 const TEST: &str = "ask_cli";
 
 fn margin(dir: &Path, encoder: &Path, generator: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_margin"))
-        .current_dir(dir)
-        .env_remove("MARGIN_CONFIG")
-        .env("MARGIN_LOG", "warn")
-        .args(["--set", &format!("models.encoder={}", encoder.display())])
-        .args([
-            "--set",
-            &format!("models.generator={}", generator.display()),
-        ])
-        .args(args)
-        .output()
-        .unwrap()
+    run_margin(env!("CARGO_BIN_EXE_margin"), dir, encoder, generator, args)
 }
 
 #[test]

@@ -2,11 +2,9 @@
 //! questions over their gold documents plus 450 distractor documents, through
 //! `margin eval retrieval`. Skipped (and said so) without the model or data.
 
-use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
 use std::process::Command;
 
-use margin_testkit::{real_model, shared_eval_file};
+use margin_testkit::{real_model, shared_eval_file, write_gold_corpus};
 
 const TEST: &str = "retrieval_quality";
 
@@ -20,41 +18,7 @@ fn eval_retrieval_reports_every_metric_and_meets_the_floors() {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();
-    let questions: Vec<String> = BufReader::new(std::fs::File::open(&qa).unwrap())
-        .lines()
-        .take(50)
-        .map(Result::unwrap)
-        .collect();
-    let gold: HashSet<String> = questions
-        .iter()
-        .flat_map(|line| {
-            let q: serde_json::Value = serde_json::from_str(line).unwrap();
-            q["gold_ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|g| g.as_str().unwrap().to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    std::fs::write(tmp.path().join("qa.jsonl"), questions.join("\n") + "\n").unwrap();
-    let mut small = std::fs::File::create(tmp.path().join("corpus.jsonl")).unwrap();
-    let mut distractors = 450;
-    for line in BufReader::new(std::fs::File::open(&corpus).unwrap()).lines() {
-        let line = line.unwrap();
-        let id = serde_json::from_str::<serde_json::Value>(&line).unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        if gold.contains(&id) {
-            writeln!(small, "{line}").unwrap();
-        } else if distractors > 0 {
-            distractors -= 1;
-            writeln!(small, "{line}").unwrap();
-        }
-    }
-    drop(small);
-
+    write_gold_corpus(&tmp.path().join("corpus.jsonl"), &qa, &corpus, 50, 450);
     let out = Command::new(env!("CARGO_BIN_EXE_margin"))
         .current_dir(tmp.path())
         .env_remove("MARGIN_CONFIG")
@@ -64,7 +28,9 @@ fn eval_retrieval_reports_every_metric_and_meets_the_floors() {
             "eval",
             "retrieval",
             "--qa",
-            "qa.jsonl",
+            &qa.display().to_string(),
+            "--limit",
+            "50",
             "--corpus",
             "corpus.jsonl",
             "--json",

@@ -185,6 +185,9 @@ pub struct RagConfig {
     pub max_context_tokens: usize,
     /// Per-passage prompt of decoder LLMs, with {title}, {text} and {question}.
     pub prompt: String,
+    /// Prompt of decoder LLMs answering without passages (closed-book
+    /// baselines), with {question}.
+    pub closed_book_prompt: String,
 }
 
 /// Floating-point precision of a model's computation.
@@ -423,6 +426,12 @@ impl Config {
             return Err(OperationError::bad_config(
                 "rag.prompt",
                 "must contain {question} (and usually {title} and {text})",
+            ));
+        }
+        if !self.rag.closed_book_prompt.contains("{question}") {
+            return Err(OperationError::bad_config(
+                "rag.closed_book_prompt",
+                "must contain {question}",
             ));
         }
         if self.retrieval.k == 0 {
@@ -693,6 +702,7 @@ mod tests {
             ("rag.beams", "0"),
             ("rag.prior_temperature", "0"),
             ("rag.prompt", "Passage: {text}"),
+            ("rag.closed_book_prompt", "Answer briefly."),
         ] {
             let err = Config::load(&ConfigSources {
                 env: env(&[]),

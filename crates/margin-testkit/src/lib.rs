@@ -169,3 +169,64 @@ pub fn unpadded(ids: Vec<Vec<u32>>, mask: Vec<Vec<u32>>) -> Vec<Vec<u32>> {
         })
         .collect()
 }
+
+/// Writes to `out` a slice of the corpus JSONL `corpus`: the gold documents of
+/// the first `questions` questions of `qa` (margin's format, with `gold_ids`)
+/// and the first `distractors` other documents, in corpus order.
+pub fn write_gold_corpus(
+    out: &Path,
+    qa: &Path,
+    corpus: &Path,
+    questions: usize,
+    distractors: usize,
+) {
+    use std::io::{BufRead, BufReader, Write};
+    let lines = |path: &Path| BufReader::new(std::fs::File::open(path).unwrap()).lines();
+    let gold: std::collections::HashSet<String> = lines(qa)
+        .take(questions)
+        .flat_map(|line| {
+            let q: serde_json::Value = serde_json::from_str(&line.unwrap()).unwrap();
+            q["gold_ids"]
+                .as_array()
+                .expect("questions with gold_ids")
+                .iter()
+                .map(|g| g.as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut file = std::fs::File::create(out).unwrap();
+    let mut distractors = distractors;
+    for line in lines(corpus) {
+        let line = line.unwrap();
+        let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let is_gold = gold.contains(record["id"].as_str().unwrap());
+        if is_gold || distractors > 0 {
+            distractors -= usize::from(!is_gold);
+            writeln!(file, "{line}").unwrap();
+        }
+    }
+}
+
+/// Runs the `margin` binary `bin` (a test's `env!("CARGO_BIN_EXE_margin")`)
+/// in `dir` with `args`, on the given encoder and generator folders, with the
+/// built-in configuration and warnings-only logs.
+pub fn run_margin(
+    bin: &str,
+    dir: &Path,
+    encoder: &Path,
+    generator: &Path,
+    args: &[&str],
+) -> std::process::Output {
+    std::process::Command::new(bin)
+        .current_dir(dir)
+        .env_remove("MARGIN_CONFIG")
+        .env("MARGIN_LOG", "warn")
+        .args(["--set", &format!("models.encoder={}", encoder.display())])
+        .args([
+            "--set",
+            &format!("models.generator={}", generator.display()),
+        ])
+        .args(args)
+        .output()
+        .unwrap()
+}

@@ -41,25 +41,12 @@ pub struct AskArgs {
     /// RAG-Sequence decoding: thorough or fast.
     #[arg(long, value_enum, default_value = "thorough")]
     pub decoding: Decoding,
-    /// Passages retrieved and marginalised over (default: rag.n_docs).
-    #[arg(long)]
-    pub n_docs: Option<usize>,
-    /// Beams, 1 for greedy (default: rag.beams).
-    #[arg(long)]
-    pub beams: Option<usize>,
-    /// Most tokens generated (default: rag.max_new_tokens).
-    #[arg(long)]
-    pub max_new_tokens: Option<usize>,
     /// Retrieval: dense, bm25 or hybrid (default: retrieval.mode).
     #[arg(long, value_parser = parse_mode)]
     pub search_mode: Option<SearchMode>,
-    /// Temperature of the document prior's softmax over retrieval scores
-    /// (default: rag.prior_temperature).
-    #[arg(long)]
-    pub prior_temperature: Option<f32>,
-    /// Generator: catalogue name or folder (default: models.generator).
-    #[arg(long)]
-    pub model: Option<String>,
+    /// Passages, beams, answer length, prior, generator.
+    #[command(flatten)]
+    pub answering: AnswerOptions,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -86,10 +73,58 @@ struct TimingsMs {
     attribute: f64,
 }
 
+/// How questions are answered, shared by `margin ask` and `margin eval`;
+/// unset options take the `[rag]` configuration.
+#[derive(Debug, Args)]
+pub struct AnswerOptions {
+    /// Passages retrieved and marginalised over (default: rag.n_docs).
+    #[arg(long)]
+    pub n_docs: Option<usize>,
+    /// Beams, 1 for greedy (default: rag.beams).
+    #[arg(long)]
+    pub beams: Option<usize>,
+    /// Most tokens generated (default: rag.max_new_tokens).
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Temperature of the document prior's softmax over retrieval scores
+    /// (default: rag.prior_temperature).
+    #[arg(long)]
+    pub prior_temperature: Option<f32>,
+    /// Generator: catalogue name or folder (default: models.generator).
+    #[arg(long)]
+    pub model: Option<String>,
+}
+
+impl AnswerOptions {
+    /// Passages per question, checked.
+    pub fn n_docs(&self, config: &Config) -> anyhow::Result<usize> {
+        let n_docs = self.n_docs.unwrap_or(config.rag.n_docs);
+        anyhow::ensure!(n_docs > 0, "--n-docs: must be at least 1");
+        Ok(n_docs)
+    }
+
+    /// The answering settings for `mode`, defaults from `config`, checked.
+    pub fn settings(
+        &self,
+        config: &Config,
+        mode: margin_answer::RagMode,
+    ) -> anyhow::Result<AskSettings> {
+        let defaults = AskSettings::from_config(&config.rag, mode);
+        let settings = AskSettings {
+            beams: self.beams.unwrap_or(defaults.beams),
+            max_new_tokens: self.max_new_tokens.unwrap_or(defaults.max_new_tokens),
+            prior_temperature: self.prior_temperature.unwrap_or(defaults.prior_temperature),
+            ..defaults
+        };
+        settings.check().map_err(|e| anyhow::anyhow!("--{e}"))?;
+        Ok(settings)
+    }
+}
+
 impl AskArgs {
-    /// The answering settings these arguments ask for, defaults from `config`.
-    fn settings(&self, config: &Config) -> AskSettings {
-        let mode = match (self.mode, self.decoding) {
+    /// The marginalisation these arguments ask for.
+    fn rag_mode(&self) -> margin_answer::RagMode {
+        match (self.mode, self.decoding) {
             (RagMode::Token, _) => margin_answer::RagMode::Token,
             (RagMode::Sequence, Decoding::Thorough) => {
                 margin_answer::RagMode::Sequence(SequenceDecoding::Thorough)
@@ -97,13 +132,6 @@ impl AskArgs {
             (RagMode::Sequence, Decoding::Fast) => {
                 margin_answer::RagMode::Sequence(SequenceDecoding::Fast)
             }
-        };
-        let defaults = AskSettings::from_config(&config.rag, mode);
-        AskSettings {
-            beams: self.beams.unwrap_or(defaults.beams),
-            max_new_tokens: self.max_new_tokens.unwrap_or(defaults.max_new_tokens),
-            prior_temperature: self.prior_temperature.unwrap_or(defaults.prior_temperature),
-            ..defaults
         }
     }
 }
@@ -114,14 +142,12 @@ pub fn run(config: &Config, args: AskArgs) -> anyhow::Result<()> {
         !args.question.trim().is_empty(),
         "question: must not be empty"
     );
-    let n_docs = args.n_docs.unwrap_or(config.rag.n_docs);
-    anyhow::ensure!(n_docs > 0, "--n-docs: must be at least 1");
-    let settings = args.settings(config);
-    settings.check().map_err(|e| anyhow::anyhow!("--{e}"))?;
+    let n_docs = args.answering.n_docs(config)?;
+    let settings = args.answering.settings(config, args.rag_mode())?;
     let began = Instant::now();
     let index = crate::wiring::open_index(config)?;
     let answerer = Answerer::new(
-        crate::wiring::generator(config, args.model.as_deref())?,
+        crate::wiring::generator(config, args.answering.model.as_deref())?,
         config.rag.clone(),
     );
     let load = began.elapsed();
