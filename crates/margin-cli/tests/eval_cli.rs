@@ -222,8 +222,15 @@ fn eval_computes_every_metric_resumes_and_refuses_other_settings() {
 fn bad_question_files_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("qa.jsonl"), "{\"question\": \"q?\"}\n").unwrap();
+    let twice = r#"{"id": "q7", "question": "q?", "answers": ["a"]}"#;
+    std::fs::write(
+        tmp.path().join("twice.jsonl"),
+        format!("{twice}\n{twice}\n"),
+    )
+    .unwrap();
     for (qa, problem) in [
         ("qa.jsonl", "qa.jsonl:1: missing or empty `answers`"),
+        ("twice.jsonl", "question id `q7` appears more than once"),
         ("missing.jsonl", "missing.jsonl"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_margin"))

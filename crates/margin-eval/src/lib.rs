@@ -16,7 +16,7 @@ pub mod svg;
 
 pub use answers::{exact_match, f1, has_answer, normalize_answer};
 pub use predictions::{PredictedCitation, Prediction, PredictionLog, RunSettings, StageTimings};
-pub use qa::{read_qa_file, QaExample};
+pub use qa::{check_unique_ids, read_qa_file, QaExample};
 pub use report::render_html;
 pub use retrieval::{render_table, RetrievalMetrics, RetrievalSummary, Retrieved};
 pub use summary::{AnswerSummary, EvalMetrics, Percentiles};

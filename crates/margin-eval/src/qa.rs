@@ -47,6 +47,22 @@ pub fn read_qa_file(path: &Path) -> OperationResult<Vec<QaExample>> {
         .collect()
 }
 
+/// Refuses question sets in which two questions share an id: predictions are
+/// kept, and resumed, by id.
+pub fn check_unique_ids(path: &Path, examples: &[QaExample]) -> OperationResult<()> {
+    let mut seen = std::collections::HashSet::new();
+    match examples.iter().find(|e| !seen.insert(e.id.as_str())) {
+        Some(repeated) => Err(OperationError::bad_input(
+            path.display().to_string(),
+            format!(
+                "question id `{}` appears more than once; every question needs its own id",
+                repeated.id
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn parse_line(line: &str, line_number: usize) -> Result<QaExample, String> {
     let QaLine {
         id,
@@ -130,6 +146,24 @@ mod tests {
             assert!(message.starts_with(&place), "{message}");
             assert!(message.contains(problem), "{message}");
         }
+    }
+
+    #[test]
+    fn repeated_ids_are_refused() {
+        let (file, examples) = read_lines(concat!(
+            r#"{"id": "a", "question": "one?", "answers": ["1"]}"#,
+            "\n",
+            r#"{"question": "two?", "answers": ["2"]}"#,
+            "\n",
+            r#"{"id": "a", "question": "three?", "answers": ["3"]}"#,
+            "\n",
+        ));
+        let examples = examples.unwrap();
+        let message = check_unique_ids(file.path(), &examples)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("`a` appears more than once"), "{message}");
+        assert!(check_unique_ids(file.path(), &examples[..2]).is_ok());
     }
 
     #[test]

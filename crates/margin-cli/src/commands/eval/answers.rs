@@ -14,8 +14,8 @@ use margin_core::config::SearchMode;
 use margin_core::Config;
 use margin_eval::predictions::answered;
 use margin_eval::{
-    exact_match, f1, has_answer, render_html, render_table, AnswerSummary, EvalMetrics,
-    Percentiles, PredictedCitation, Prediction, PredictionLog, QaExample, RunSettings,
+    check_unique_ids, exact_match, f1, has_answer, render_html, render_table, AnswerSummary,
+    EvalMetrics, Percentiles, PredictedCitation, Prediction, PredictionLog, QaExample, RunSettings,
     StageTimings,
 };
 use margin_index::SearchHit;
@@ -119,6 +119,7 @@ pub fn run(config: &Config, args: AnswersArgs) -> anyhow::Result<()> {
     }
 
     let examples = super::questions(&qa, args.limit)?;
+    check_unique_ids(&qa, &examples)?;
     let index = crate::wiring::open_index(config)?;
     if let Some(corpus) = &args.corpus {
         super::index_corpus(config, &index, corpus, args.json)?;
@@ -128,7 +129,8 @@ pub fn run(config: &Config, args: AnswersArgs) -> anyhow::Result<()> {
         config.rag.clone(),
     );
     let settings = RunSettings {
-        qa: qa.clone(),
+        // The same file however it is named from where the run starts.
+        qa: std::fs::canonicalize(&qa).unwrap_or_else(|_| qa.clone()),
         encoder: index.encoder().name().to_string(),
         generator: answerer.model_name().to_string(),
         retriever: super::mode_name(answer_retriever),
