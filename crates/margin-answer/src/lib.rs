@@ -18,7 +18,7 @@ use margin_index::SearchHit;
 use margin_rag::attribution::posterior;
 use margin_rag::inputs::{bart_context, fill_prompt};
 use margin_rag::sequence::{self, SequenceDecoding};
-use margin_rag::{document_log_prior, token, DecodeSettings, Question, Timings};
+use margin_rag::{document_log_prior, token, DecodeSettings, Prefilled, Question, Timings};
 use serde::Serialize;
 
 /// A generator with what turns text into its tokens and back.
@@ -287,16 +287,31 @@ impl Answerer {
         batch: &[Prepared],
         on_text: &mut dyn FnMut(usize, &str),
     ) -> OperationResult<Vec<Answer>> {
-        let first = batch
-            .first()
-            .ok_or_else(|| OperationError::bad_input("questions", "at least one is needed"))?;
-        if let Some(i) = batch.iter().position(|p| !first.batches_with(p)) {
-            return Err(OperationError::bad_input(
-                format!("question {i}"),
-                "its settings or passage count differ from the first question's",
-            ));
-        }
-        let settings = first.settings;
+        let mode = check_batch(batch)?.mode;
+        Ok(self.decode(batch, &[mode], on_text)?.remove(0))
+    }
+
+    /// Answers `batch` in each of `modes` (the other settings as the batch
+    /// has them), reading the passages once: the prefill is shared, and each
+    /// answer's `timings.prefill` is that one prefill, so its timings are
+    /// what the mode costs alone. Answers per mode, then per question.
+    pub fn answer_in_modes(
+        &self,
+        batch: &[Prepared],
+        modes: &[RagMode],
+    ) -> OperationResult<Vec<Vec<Answer>>> {
+        check_batch(batch)?;
+        self.decode(batch, modes, &mut |_, _| {})
+    }
+
+    /// Decodes a checked batch once per mode from one prefill.
+    fn decode(
+        &self,
+        batch: &[Prepared],
+        modes: &[RagMode],
+        on_text: &mut dyn FnMut(usize, &str),
+    ) -> OperationResult<Vec<Vec<Answer>>> {
+        let settings = batch[0].settings;
         let model = self.generator.model.as_ref();
         let start = model.output_start();
         let special = model.special_tokens();
@@ -311,7 +326,8 @@ impl Answerer {
             forced_eos_token_id: None,
         };
         let questions: Vec<Question> = batch.iter().map(|p| p.rag.clone()).collect();
-        let mut timings = Timings::default();
+        let mut shared = Timings::default();
+        let prefilled = Prefilled::new(model, &questions, &mut shared)?;
         let mut preview = |q: usize, tokens: &[u32]| {
             if !batch[q].previews {
                 return;
@@ -321,54 +337,64 @@ impl Answerer {
                 on_text(q, text.trim_start());
             }
         };
-        // Per question: the output tokens and log p(y|x,z) per passage.
-        let outputs: Vec<(Vec<u32>, Vec<f32>)> = match settings.mode {
-            RagMode::Token => {
-                token::generate(model, &questions, &decode, &mut timings, &mut preview)?
-                    .into_iter()
-                    .map(|a| (a.tokens, a.per_doc))
-                    .collect()
-            }
-            RagMode::Sequence(decoding) => sequence::generate(
-                model,
-                &questions,
-                &decode,
-                decoding,
-                1,
-                &mut timings,
-                &mut preview,
-            )?
-            .into_iter()
-            .map(|mut answers| {
-                let best = answers.remove(0);
-                (best.tokens, best.per_doc)
-            })
-            .collect(),
-        };
-        let timings = AnswerTimings {
-            prefill: timings.prefill,
-            decode: timings.decode,
-            rescore: timings.rescore,
-            attribute: timings.attribute,
-            batch: batch.len(),
-        };
-        outputs
-            .into_iter()
-            .zip(batch)
-            .map(|((tokens, per_doc), prepared)| {
-                let text = self.generator.detokenize(&answer_tokens(
-                    &tokens,
-                    start.len(),
-                    special.eos,
-                    special.pad,
-                ))?;
-                Ok(Answer {
-                    answer: text.trim().to_string(),
-                    citations: citations(prepared, &per_doc),
-                    timings,
+        let mut by_mode = Vec::with_capacity(modes.len());
+        for &mode in modes {
+            let mut timings = shared;
+            // Per question: the output tokens and log p(y|x,z) per passage.
+            let outputs: Vec<(Vec<u32>, Vec<f32>)> = match mode {
+                RagMode::Token => token::generate_prefilled(
+                    model,
+                    &prefilled,
+                    &decode,
+                    &mut timings,
+                    &mut preview,
+                )?
+                .into_iter()
+                .map(|a| (a.tokens, a.per_doc))
+                .collect(),
+                RagMode::Sequence(decoding) => sequence::generate_prefilled(
+                    model,
+                    &prefilled,
+                    &decode,
+                    decoding,
+                    1,
+                    &mut timings,
+                    &mut preview,
+                )?
+                .into_iter()
+                .map(|mut answers| {
+                    let best = answers.remove(0);
+                    (best.tokens, best.per_doc)
                 })
-            })
-            .collect()
+                .collect(),
+            };
+            let timings = AnswerTimings {
+                prefill: timings.prefill,
+                decode: timings.decode,
+                rescore: timings.rescore,
+                attribute: timings.attribute,
+                batch: batch.len(),
+            };
+            let answers = outputs
+                .into_iter()
+                .zip(batch)
+                .map(|((tokens, per_doc), prepared)| {
+                    let text = self.generator.detokenize(&answer_tokens(
+                        &tokens,
+                        start.len(),
+                        special.eos,
+                        special.pad,
+                    ))?;
+                    Ok(Answer {
+                        answer: text.trim().to_string(),
+                        citations: citations(prepared, &per_doc),
+                        timings,
+                    })
+                })
+                .collect::<OperationResult<Vec<_>>>()?;
+            by_mode.push(answers);
+        }
+        Ok(by_mode)
     }
 
     /// The generator input for one passage: BART's "title / text // question",
@@ -429,6 +455,21 @@ impl Answerer {
         }
         Ok(ids)
     }
+}
+
+/// The settings of `batch`, refusing an empty batch or one whose questions
+/// cannot share a batch with the first.
+fn check_batch(batch: &[Prepared]) -> OperationResult<AskSettings> {
+    let first = batch
+        .first()
+        .ok_or_else(|| OperationError::bad_input("questions", "at least one is needed"))?;
+    if let Some(i) = batch.iter().position(|p| !first.batches_with(p)) {
+        return Err(OperationError::bad_input(
+            format!("question {i}"),
+            "its settings or passage count differ from the first question's",
+        ));
+    }
+    Ok(first.settings)
 }
 
 /// Refuses a question or settings no answer can come from.

@@ -201,3 +201,54 @@ fn closed_book_answers_from_the_question_alone() {
         two
     }));
 }
+
+#[test]
+fn one_prefill_answers_every_mode_as_each_mode_alone() {
+    let Some(answerer) = answerer() else { return };
+    let base = AskSettings {
+        beams: 2,
+        max_new_tokens: 12,
+        ..AskSettings::from_config(&rag(), RagMode::Token)
+    };
+    let hits = vec![
+        hit(
+            "zorblax",
+            "The Zorblax festival is held every June in Quillmere.",
+            0.8,
+        ),
+        hit(
+            "bridge",
+            "The old stone bridge in Quillmere has nine arches.",
+            0.4,
+        ),
+    ];
+    let prepared = answerer
+        .prepare("When is the Zorblax festival?", hits, base)
+        .unwrap();
+    let modes = [
+        RagMode::Sequence(SequenceDecoding::Thorough),
+        RagMode::Token,
+        RagMode::Sequence(SequenceDecoding::Fast),
+    ];
+    let together = answerer
+        .answer_in_modes(std::slice::from_ref(&prepared), &modes)
+        .unwrap();
+    assert_eq!(together.len(), modes.len());
+    for (mode, answers) in modes.iter().zip(&together) {
+        let mut alone = prepared.clone();
+        alone.settings.mode = *mode;
+        let alone = answerer.answer(&[alone], &mut |_, _| {}).unwrap().remove(0);
+        assert_eq!(answers[0].answer, alone.answer, "{mode:?}");
+        for (a, b) in answers[0].citations.iter().zip(&alone.citations) {
+            assert_eq!(a.passage_id, b.passage_id, "{mode:?}");
+            assert!((a.posterior - b.posterior).abs() < 1e-3, "{mode:?}");
+        }
+        // One prefill, reported with every mode.
+        assert_eq!(answers[0].timings.prefill, together[0][0].timings.prefill);
+    }
+    assert!(
+        together[1][0].answer.contains("June"),
+        "{}",
+        together[1][0].answer
+    );
+}

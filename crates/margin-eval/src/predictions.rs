@@ -68,7 +68,9 @@ pub struct StageTimings {
     pub rescore: f64,
     /// Posteriors of the passages.
     pub attribute: f64,
-    /// All of it, as the question waited.
+    /// What answering in this mode alone costs: retrieval, building the
+    /// inputs and the stages above (modes of one question share a prefill,
+    /// counted in each).
     pub total: f64,
 }
 

@@ -4,7 +4,7 @@ use margin_core::OperationResult;
 use margin_generator::Generator;
 
 use crate::math::logsumexp;
-use crate::token::check_questions;
+use crate::prefill::check_questions;
 use crate::Question;
 
 /// p(z|x,y) for each passage, from the prior log p(z|x) and the answer's

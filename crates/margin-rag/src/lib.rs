@@ -6,19 +6,22 @@
 //! an answer under either model ([`nll`]), and the posterior p(z|x,y) that
 //! attributes an answer to its passages ([`attribution`]).
 //!
-//! All k passages of a question run as one batch of generator rows.
+//! All k passages of a question run as one batch of generator rows, read
+//! once ([`prefill`]) and shared by every decoding of them.
 
 #![warn(missing_docs)]
 
 pub mod attribution;
 pub mod inputs;
 pub mod nll;
+pub mod prefill;
 pub mod prior;
 pub mod sequence;
 pub mod token;
 
 mod math;
 
+pub use prefill::Prefilled;
 pub use prior::document_log_prior;
 
 /// How answers are decoded.

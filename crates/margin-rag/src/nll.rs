@@ -9,7 +9,7 @@ use margin_core::OperationResult;
 use margin_generator::Generator;
 
 use crate::math::logsumexp;
-use crate::token::check_questions;
+use crate::prefill::check_questions;
 use crate::Question;
 
 /// Options of [`token_nll`] and [`sequence_nll`].

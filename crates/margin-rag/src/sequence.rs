@@ -14,7 +14,7 @@ use margin_generator::{Generator, Session, Stepper};
 
 use crate::math::logsumexp;
 use crate::nll::{sequence_loss, NllOptions};
-use crate::token::{fork_all, prefill};
+use crate::prefill::Prefilled;
 use crate::{DecodeSettings, Question, StepObserver, Timings};
 use std::time::Instant;
 
@@ -53,12 +53,29 @@ pub fn generate(
     timings: &mut Timings,
     on_step: StepObserver<'_>,
 ) -> OperationResult<Vec<Vec<SequenceAnswer>>> {
-    let (n, prepared) = prefill(generator, questions, timings)?;
+    let prefilled = Prefilled::new(generator, questions, timings)?;
+    generate_prefilled(
+        generator, &prefilled, settings, decoding, num_return, timings, on_step,
+    )
+}
+
+/// [`generate`] from passages already through the generator (`prefilled`
+/// must come from the same `generator`); `prefilled` is left as it was.
+pub fn generate_prefilled(
+    generator: &dyn Generator,
+    prefilled: &Prefilled<'_>,
+    settings: &DecodeSettings,
+    decoding: SequenceDecoding,
+    num_return: usize,
+    timings: &mut Timings,
+    on_step: StepObserver<'_>,
+) -> OperationResult<Vec<Vec<SequenceAnswer>>> {
+    let (questions, n) = (prefilled.questions(), prefilled.n_docs());
     let special = generator.special_tokens();
     let start = generator.output_start();
     let beams = settings.num_beams.max(1);
     let began = Instant::now();
-    let mut stepper = Stepper::new(fork_all(prepared.as_ref())?, beams);
+    let mut stepper = Stepper::new(prefilled.fork_all()?, beams);
     let per_context = beam_search(
         vec![start.clone(); n * questions.len()],
         &settings.rules(special.eos),
@@ -115,7 +132,7 @@ pub fn generate(
             let began = Instant::now();
             let ranked = thorough(
                 generator,
-                prepared.as_ref(),
+                prefilled.session(),
                 questions,
                 candidates,
                 start.len(),

@@ -3,11 +3,12 @@
 //! x, z, y<t)], and greedy or beam search runs over that marginal
 //! (transformers' `RagTokenForGeneration.generate`).
 
-use margin_core::{OperationError, OperationResult};
+use margin_core::OperationResult;
 use margin_generator::decoding::{beam_search, find_parents, greedy_search};
 use margin_generator::{Generator, Session};
 
 use crate::math::logsumexp;
+use crate::prefill::Prefilled;
 use crate::{DecodeSettings, Question, StepObserver, Timings};
 use std::time::Instant;
 
@@ -35,14 +36,27 @@ pub fn generate(
     timings: &mut Timings,
     on_step: StepObserver<'_>,
 ) -> OperationResult<Vec<TokenAnswer>> {
-    let (n_docs, prepared) = prefill(generator, questions, timings)?;
+    let prefilled = Prefilled::new(generator, questions, timings)?;
+    generate_prefilled(generator, &prefilled, settings, timings, on_step)
+}
+
+/// [`generate`] from passages already through the generator (`prefilled`
+/// must come from the same `generator`); `prefilled` is left as it was.
+pub fn generate_prefilled(
+    generator: &dyn Generator,
+    prefilled: &Prefilled<'_>,
+    settings: &DecodeSettings,
+    timings: &mut Timings,
+    on_step: StepObserver<'_>,
+) -> OperationResult<Vec<TokenAnswer>> {
+    let (questions, n_docs) = (prefilled.questions(), prefilled.n_docs());
     let special = generator.special_tokens();
     let rules = settings.rules(special.eos);
     let starts = vec![generator.output_start(); questions.len()];
     let beams = settings.num_beams.max(1);
     let began = Instant::now();
     let mut scorer = Marginal {
-        session: fork_all(prepared.as_ref())?,
+        session: prefilled.fork_all()?,
         priors: questions.iter().map(|q| q.doc_log_prior.clone()).collect(),
         n_docs,
         beams,
@@ -76,7 +90,7 @@ pub fn generate(
             std::iter::repeat_n(target, n_docs)
         })
         .collect();
-    let scores = prepared.score(&targets)?;
+    let scores = prefilled.session().score(&targets)?;
     timings.attribute += began.elapsed();
     Ok(answers
         .into_iter()
@@ -94,48 +108,6 @@ fn answer_target(generated: &[u32], eos: u32) -> Vec<u32> {
         Some(end) => generated[..=end].to_vec(),
         None => generated.to_vec(),
     }
-}
-
-/// Runs every passage of every question through the generator as one batch;
-/// returns the passage count and the prepared session, which decoding
-/// forks (see [`fork_all`]) so that teacher forcing can start from it later.
-pub(crate) fn prefill<'g>(
-    generator: &'g dyn Generator,
-    questions: &[Question],
-    timings: &mut Timings,
-) -> OperationResult<(usize, Box<dyn Session + 'g>)> {
-    let n_docs = check_questions(questions)?;
-    let contexts: Vec<Vec<u32>> = questions.iter().flat_map(|q| q.contexts.clone()).collect();
-    let began = Instant::now();
-    let prepared = generator.prepare(&contexts)?;
-    timings.prefill += began.elapsed();
-    Ok((n_docs, prepared))
-}
-
-/// A copy of every row of `session`, to decode in.
-pub(crate) fn fork_all<'s>(session: &'s dyn Session) -> OperationResult<Box<dyn Session + 's>> {
-    session.fork(&(0..session.rows()).collect::<Vec<_>>())
-}
-
-/// Checks that every question has passages, as many as the first, each with a prior.
-pub(crate) fn check_questions(questions: &[Question]) -> OperationResult<usize> {
-    let n_docs = questions
-        .first()
-        .map(|q| q.contexts.len())
-        .ok_or_else(|| OperationError::bad_input("questions", "at least one is needed"))?;
-    for (i, q) in questions.iter().enumerate() {
-        if q.contexts.is_empty() || q.contexts.len() != n_docs || q.doc_log_prior.len() != n_docs {
-            return Err(OperationError::bad_input(
-                format!("question {i}"),
-                format!(
-                    "has {} passages and {} prior scores; every question needs the same number (≥ 1) of both ({n_docs})",
-                    q.contexts.len(),
-                    q.doc_log_prior.len()
-                ),
-            ));
-        }
-    }
-    Ok(n_docs)
 }
 
 /// Marginal next-token log-probabilities of hypothesis rows: row `h`

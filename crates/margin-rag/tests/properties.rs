@@ -9,7 +9,7 @@ use margin_generator::decoding::{beam_search, greedy_search};
 use margin_generator::{Generator, Stepper};
 use margin_rag::attribution::{answer_likelihoods, posterior};
 use margin_rag::sequence::{self, SequenceDecoding};
-use margin_rag::{document_log_prior, token, DecodeSettings, Question, Timings};
+use margin_rag::{document_log_prior, token, DecodeSettings, Prefilled, Question, Timings};
 use proptest::prelude::*;
 
 fn bart() -> Bart {
@@ -115,6 +115,49 @@ proptest! {
             for (a, b) in f.per_doc.iter().zip(&t.per_doc) {
                 if a.is_finite() {
                     prop_assert!((a - b).abs() < 1e-3, "{} vs {}", a, b);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_prefill_serves_every_mode(
+        contexts in prop::collection::vec(context(), 1..4),
+        scores in prop::collection::vec(-5.0f32..5.0, 4),
+        beams in 1usize..3,
+    ) {
+        let bart = bart();
+        let n = contexts.len();
+        let questions = [question(contexts.clone(), &scores[..n]), question(contexts.into_iter().rev().collect(), &scores[..n])];
+        let s = settings(beams);
+        let quiet = &mut |_: usize, _: &[u32]| {};
+        let alone_token = token::generate(&bart, &questions, &s, &mut Timings::default(), quiet).unwrap();
+        let alone_thorough = sequence::generate(&bart, &questions, &s, SequenceDecoding::Thorough, 100, &mut Timings::default(), quiet).unwrap();
+        let alone_fast = sequence::generate(&bart, &questions, &s, SequenceDecoding::Fast, 100, &mut Timings::default(), quiet).unwrap();
+
+        let mut timings = Timings::default();
+        let prefilled = Prefilled::new(&bart, &questions, &mut timings).unwrap();
+        let prefill = timings.prefill;
+        // Every mode in turn, token last again: none may disturb the prefill.
+        let thorough = sequence::generate_prefilled(&bart, &prefilled, &s, SequenceDecoding::Thorough, 100, &mut timings, quiet).unwrap();
+        let token_first = token::generate_prefilled(&bart, &prefilled, &s, &mut timings, quiet).unwrap();
+        let fast = sequence::generate_prefilled(&bart, &prefilled, &s, SequenceDecoding::Fast, 100, &mut timings, quiet).unwrap();
+        let token_again = token::generate_prefilled(&bart, &prefilled, &s, &mut timings, quiet).unwrap();
+        prop_assert_eq!(timings.prefill, prefill, "decoding never prefills again");
+        for (shared, alone) in [(&token_first, &alone_token), (&token_again, &alone_token)] {
+            for (a, b) in shared.iter().zip(alone) {
+                prop_assert_eq!(&a.tokens, &b.tokens);
+                for (x, y) in a.per_doc.iter().zip(&b.per_doc) {
+                    prop_assert!((x - y).abs() < 1e-4, "{} vs {}", x, y);
+                }
+            }
+        }
+        for (shared, alone) in [(&thorough, &alone_thorough), (&fast, &alone_fast)] {
+            for (a, b) in shared.iter().zip(alone) {
+                prop_assert_eq!(a.len(), b.len());
+                for (x, y) in a.iter().zip(b) {
+                    prop_assert_eq!(&x.tokens, &y.tokens);
+                    prop_assert!((x.log_prob - y.log_prob).abs() < 1e-4, "{} vs {}", x.log_prob, y.log_prob);
                 }
             }
         }

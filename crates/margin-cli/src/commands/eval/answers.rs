@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use margin_answer::{Answerer, AskSettings, RagMode};
+use margin_answer::{Answer, Answerer, AskSettings, RagMode};
 use margin_core::config::SearchMode;
 use margin_core::Config;
 use margin_eval::predictions::answered;
@@ -169,26 +169,35 @@ pub fn run(config: &Config, args: AnswersArgs) -> anyhow::Result<()> {
     }
 
     let done = answered(&predictions);
-    let todo: Vec<(usize, AnswerMode)> = examples
+    // Per question, the modes it still lacks.
+    let todo: Vec<(usize, Vec<AnswerMode>)> = examples
         .iter()
         .enumerate()
-        .flat_map(|(i, e)| modes.iter().map(move |&m| (i, m, e)))
-        .filter(|(_, m, e)| !done.contains(&(e.id.clone(), m.name().to_string())))
-        .map(|(i, m, _)| (i, m))
+        .map(|(i, e)| {
+            let missing = modes
+                .iter()
+                .copied()
+                .filter(|m| !done.contains(&(e.id.clone(), m.name().to_string())))
+                .collect::<Vec<_>>();
+            (i, missing)
+        })
+        .filter(|(_, missing)| !missing.is_empty())
         .collect();
-    let bar = crate::wiring::progress(todo.len() as u64, "answers");
+    let bar = crate::wiring::progress(todo.iter().map(|(_, m)| m.len() as u64).sum(), "answers");
     if args.json {
         bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
-    for (i, mode) in todo {
+    for (i, missing) in todo {
         let example = &examples[i];
-        bar.set_message(format!("{} {}", mode.name(), example.id));
+        bar.set_message(example.id.clone());
         let (hits, retrieve) = &contexts[i];
-        let prediction = answer_one(&answerer, example, mode, base, hits, *retrieve)
-            .with_context(|| format!("question {} ({})", example.id, mode.name()))?;
-        log.append(&prediction)?;
-        predictions.push(prediction);
-        bar.inc(1);
+        let answered = answer_question(&answerer, example, &missing, base, hits, *retrieve)
+            .with_context(|| format!("question {}", example.id))?;
+        for prediction in answered {
+            log.append(&prediction)?;
+            predictions.push(prediction);
+            bar.inc(1);
+        }
     }
     bar.finish_and_clear();
 
@@ -242,33 +251,67 @@ pub fn run(config: &Config, args: AnswersArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Answers `example` in `mode` from `hits` and scores the answer.
-fn answer_one(
+/// Answers `example` in each of `modes`, in that order: the RAG modes from
+/// `hits` with one shared prefill, closed book from the question alone.
+fn answer_question(
     answerer: &Answerer,
     example: &QaExample,
-    mode: AnswerMode,
+    modes: &[AnswerMode],
     base: AskSettings,
     hits: &[SearchHit],
     retrieve: Duration,
-) -> anyhow::Result<Prediction> {
-    let settings = AskSettings {
-        mode: mode.rag_mode(),
-        ..base
-    };
-    let began = Instant::now();
-    let prepared = match mode {
-        AnswerMode::ClosedBook => answerer.prepare_closed_book(&example.question, settings)?,
-        _ => answerer.prepare(&example.question, hits.to_vec(), settings)?,
-    };
-    let answer = answerer
-        .answer(std::slice::from_ref(&prepared), &mut |_, _| {})?
-        .remove(0);
-    let retrieve = match mode {
-        AnswerMode::ClosedBook => Duration::ZERO,
-        _ => retrieve,
-    };
+) -> anyhow::Result<Vec<Prediction>> {
+    let (closed, rag): (Vec<AnswerMode>, Vec<AnswerMode>) =
+        modes.iter().partition(|&&m| m == AnswerMode::ClosedBook);
+    let mut predictions = Vec::with_capacity(modes.len());
+    if !rag.is_empty() {
+        let began = Instant::now();
+        let prepared = answerer.prepare(&example.question, hits.to_vec(), base)?;
+        let preparing = began.elapsed();
+        let rag_modes: Vec<RagMode> = rag.iter().map(|m| m.rag_mode()).collect();
+        let answers = answerer.answer_in_modes(std::slice::from_ref(&prepared), &rag_modes)?;
+        for (&mode, mut answers) in rag.iter().zip(answers) {
+            predictions.push(prediction(
+                example,
+                mode,
+                answers.remove(0),
+                retrieve,
+                preparing,
+            ));
+        }
+    }
+    if !closed.is_empty() {
+        let began = Instant::now();
+        let prepared = answerer.prepare_closed_book(&example.question, base)?;
+        let preparing = began.elapsed();
+        let answer = answerer
+            .answer(std::slice::from_ref(&prepared), &mut |_, _| {})?
+            .remove(0);
+        predictions.push(prediction(
+            example,
+            AnswerMode::ClosedBook,
+            answer,
+            Duration::ZERO,
+            preparing,
+        ));
+    }
+    predictions.sort_by_key(|p| modes.iter().position(|m| m.name() == p.mode));
+    Ok(predictions)
+}
+
+/// `answer` to `example` in `mode`, scored. Its total is what the mode costs
+/// alone: retrieval, building the inputs, the (shared) prefill and the mode's
+/// own decoding, rescoring and attribution.
+fn prediction(
+    example: &QaExample,
+    mode: AnswerMode,
+    answer: Answer,
+    retrieve: Duration,
+    preparing: Duration,
+) -> Prediction {
+    let t = answer.timings;
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    Ok(Prediction {
+    Prediction {
         id: example.id.clone(),
         question: example.question.clone(),
         mode: mode.name().to_string(),
@@ -292,13 +335,13 @@ fn answer_one(
         gold_ids: example.gold_ids.clone(),
         timings_ms: StageTimings {
             retrieve: ms(retrieve),
-            prefill: ms(answer.timings.prefill),
-            decode: ms(answer.timings.decode),
-            rescore: ms(answer.timings.rescore),
-            attribute: ms(answer.timings.attribute),
-            total: ms(retrieve + began.elapsed()),
+            prefill: ms(t.prefill),
+            decode: ms(t.decode),
+            rescore: ms(t.rescore),
+            attribute: ms(t.attribute),
+            total: ms(retrieve + preparing + t.prefill + t.decode + t.rescore + t.attribute),
         },
-    })
+    }
 }
 
 fn millis(durations: &[Duration]) -> Vec<f64> {
