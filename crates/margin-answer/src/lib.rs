@@ -327,7 +327,7 @@ impl Answerer {
         };
         let questions: Vec<Question> = batch.iter().map(|p| p.rag.clone()).collect();
         let mut shared = Timings::default();
-        let prefilled = Prefilled::new(model, &questions, &mut shared)?;
+        let prefilled = Prefilled::new(model, questions, &mut shared)?;
         let mut preview = |q: usize, tokens: &[u32]| {
             if !batch[q].previews {
                 return;

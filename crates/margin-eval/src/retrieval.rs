@@ -111,7 +111,7 @@ fn shares(hits: &BTreeMap<usize, usize>, total: usize) -> BTreeMap<usize, f64> {
 }
 
 /// 0 rather than NaN for an empty set, which JSON could not carry.
-fn share(part: f64, total: usize) -> f64 {
+pub(crate) fn share(part: f64, total: usize) -> f64 {
     if total == 0 {
         0.0
     } else {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::predictions::{Prediction, RunSettings, StageTimings};
-use crate::retrieval::RetrievalSummary;
+use crate::retrieval::{share, RetrievalSummary};
 
 /// Latency percentiles of one stage, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -81,13 +81,6 @@ impl AnswerSummary {
     /// The summary of one mode's predictions.
     pub fn of(predictions: &[&Prediction]) -> AnswerSummary {
         let n = predictions.len();
-        let mean = |values: &mut dyn Iterator<Item = f64>, count: usize| {
-            if count == 0 {
-                0.0
-            } else {
-                values.sum::<f64>() / count as f64
-            }
-        };
         let with_gold = predictions
             .iter()
             .filter(|p| !p.gold_ids.is_empty())
@@ -114,20 +107,16 @@ impl AnswerSummary {
             .collect();
         AnswerSummary {
             questions: n,
-            exact_match: mean(
-                &mut predictions.iter().map(|p| p.exact_match as u8 as f64),
+            exact_match: share(
+                predictions.iter().filter(|p| p.exact_match).count() as f64,
                 n,
             ),
-            f1: mean(&mut predictions.iter().map(|p| p.f1), n),
-            contains_answer: mean(
-                &mut predictions.iter().map(|p| p.contains_answer as u8 as f64),
+            f1: share(predictions.iter().map(|p| p.f1).sum(), n),
+            contains_answer: share(
+                predictions.iter().filter(|p| p.contains_answer).count() as f64,
                 n,
             ),
-            gold_in_context: if with_gold == 0 {
-                0.0
-            } else {
-                gold.len() as f64 / with_gold as f64
-            },
+            gold_in_context: share(gold.len() as f64, with_gold),
             gold_posterior: gold_mean(|g| g.1),
             gold_prior: gold_mean(|g| g.0),
             latency_ms,

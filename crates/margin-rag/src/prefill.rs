@@ -23,17 +23,17 @@ impl<'g> Prefilled<'g> {
     /// same number (≥ 1) of passages, each with a prior.
     pub fn new(
         generator: &'g dyn Generator,
-        questions: &[Question],
+        questions: Vec<Question>,
         timings: &mut Timings,
     ) -> OperationResult<Prefilled<'g>> {
-        let n_docs = check_questions(questions)?;
+        let n_docs = check_questions(&questions)?;
         let contexts: Vec<Vec<u32>> = questions.iter().flat_map(|q| q.contexts.clone()).collect();
         let began = Instant::now();
         let session = generator.prepare(&contexts)?;
         timings.prefill += began.elapsed();
         Ok(Prefilled {
             session,
-            questions: questions.to_vec(),
+            questions,
             n_docs,
         })
     }

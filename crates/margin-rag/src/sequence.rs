@@ -53,7 +53,7 @@ pub fn generate(
     timings: &mut Timings,
     on_step: StepObserver<'_>,
 ) -> OperationResult<Vec<Vec<SequenceAnswer>>> {
-    let prefilled = Prefilled::new(generator, questions, timings)?;
+    let prefilled = Prefilled::new(generator, questions.to_vec(), timings)?;
     generate_prefilled(
         generator, &prefilled, settings, decoding, num_return, timings, on_step,
     )

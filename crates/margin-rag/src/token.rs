@@ -36,7 +36,7 @@ pub fn generate(
     timings: &mut Timings,
     on_step: StepObserver<'_>,
 ) -> OperationResult<Vec<TokenAnswer>> {
-    let prefilled = Prefilled::new(generator, questions, timings)?;
+    let prefilled = Prefilled::new(generator, questions.to_vec(), timings)?;
     generate_prefilled(generator, &prefilled, settings, timings, on_step)
 }
 

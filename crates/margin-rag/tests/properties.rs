@@ -136,7 +136,7 @@ proptest! {
         let alone_fast = sequence::generate(&bart, &questions, &s, SequenceDecoding::Fast, 100, &mut Timings::default(), quiet).unwrap();
 
         let mut timings = Timings::default();
-        let prefilled = Prefilled::new(&bart, &questions, &mut timings).unwrap();
+        let prefilled = Prefilled::new(&bart, questions.to_vec(), &mut timings).unwrap();
         let prefill = timings.prefill;
         // Every mode in turn, token last again: none may disturb the prefill.
         let thorough = sequence::generate_prefilled(&bart, &prefilled, &s, SequenceDecoding::Thorough, 100, &mut timings, quiet).unwrap();
