@@ -9,9 +9,10 @@ use anyhow::Context;
 use candle_core::{DType, Device};
 use indicatif::{ProgressBar, ProgressStyle};
 use margin_answer::LoadedGenerator;
-use margin_core::config::{DTypeKind, DeviceKind, StoreKind};
+use margin_core::config::{DTypeKind, DeviceKind, EncoderBackend, StoreKind};
 use margin_core::{Config, Passage};
 use margin_encoder::{BertEncoder, BertEncoderOptions, Encoder};
+use margin_encoder_onnx::{OnnxEncoder, OnnxEncoderOptions};
 use margin_generator::bart::Bart;
 use margin_generator::gguf::GgufModel;
 use margin_index::{HybridSettings, Index, IndexLock, IndexSettings};
@@ -81,9 +82,17 @@ pub fn generator(config: &Config, name: Option<&str>) -> anyhow::Result<LoadedGe
     })
 }
 
-/// The configured encoder (one shared model, or DPR's question and passage
-/// pair), pulling models into the cache first if needed.
-pub fn encoder(config: &Config) -> anyhow::Result<BertEncoder> {
+/// The configured encoder on the configured backend, pulling models (and
+/// ONNX Runtime) into the cache first if needed.
+pub fn encoder(config: &Config) -> anyhow::Result<Box<dyn Encoder>> {
+    match config.encoder.backend {
+        EncoderBackend::Candle => Ok(Box::new(candle_encoder(config)?)),
+        EncoderBackend::Onnx => Ok(Box::new(onnx_encoder(config)?)),
+    }
+}
+
+/// One shared BERT model, or DPR's question and passage pair, on candle.
+fn candle_encoder(config: &Config) -> anyhow::Result<BertEncoder> {
     let store = ModelStore::from_config(config)?;
     let name = &config.models.encoder;
     let dir = store.ensure(name)?;
@@ -110,6 +119,72 @@ pub fn encoder(config: &Config) -> anyhow::Result<BertEncoder> {
         &passage_dir,
         &options,
     )?)
+}
+
+/// The ONNX model for `models.encoder`: the model itself when it is an ONNX
+/// export (or a folder), else the export its catalogue entry names.
+pub fn onnx_model_name(config: &Config) -> anyhow::Result<String> {
+    let name = &config.models.encoder;
+    let passage = &config.models.passage_encoder;
+    anyhow::ensure!(
+        passage.is_empty() || passage == name,
+        "encoder.backend = \"onnx\" runs one shared model; models.passage_encoder (DPR pairs) needs encoder.backend = \"candle\""
+    );
+    let store = ModelStore::from_config(config)?;
+    let Ok(entry) = store.catalogue().get(name) else {
+        return Ok(name.clone());
+    };
+    if entry.files.iter().any(|f| f.name == "model.onnx") {
+        return Ok(name.clone());
+    }
+    entry.onnx_export.clone().with_context(|| {
+        format!(
+            "models.encoder = \"{name}\" has no ONNX export in the catalogue; use encoder.backend = \"candle\", or an ONNX model such as all-minilm-l6-v2-int8"
+        )
+    })
+}
+
+/// The ONNX Runtime library: `ORT_DYLIB_PATH` when set, else the model
+/// cache's copy (pulled first if missing).
+pub fn onnx_runtime(config: &Config) -> anyhow::Result<margin_encoder_onnx::Runtime> {
+    let path = match margin_encoder_onnx::dylib_from_env() {
+        Some(path) => path,
+        None => {
+            let store = ModelStore::from_config(config)?;
+            let dir = store.ensure(ONNX_RUNTIME).with_context(|| {
+                format!(
+                    "encoder.backend = \"onnx\" needs ONNX Runtime: pull it, or set {} to an ONNX Runtime >= {} library",
+                    margin_encoder_onnx::DYLIB_ENV,
+                    margin_encoder_onnx::MIN_RUNTIME
+                )
+            })?;
+            let file = &store.catalogue().get(ONNX_RUNTIME)?.files[0].name;
+            dir.join(file)
+        }
+    };
+    Ok(margin_encoder_onnx::Runtime::load(&path)?)
+}
+
+/// The catalogue name of the ONNX Runtime library.
+pub const ONNX_RUNTIME: &str = "onnxruntime";
+
+/// The configured encoder's ONNX export on ONNX Runtime.
+fn onnx_encoder(config: &Config) -> anyhow::Result<OnnxEncoder> {
+    let runtime = onnx_runtime(config)?;
+    let name = onnx_model_name(config)?;
+    if name != config.models.encoder {
+        tracing::info!(
+            "encoder.backend = \"onnx\": running {name}, the ONNX export of {}",
+            config.models.encoder
+        );
+    }
+    let dir = ModelStore::from_config(config)?.ensure(&name)?;
+    let options = OnnxEncoderOptions {
+        batch_size: config.encoder.batch_size,
+        max_length: config.encoder.max_length,
+        threads: config.encoder.threads,
+    };
+    Ok(OnnxEncoder::load(&name, &dir, &runtime, &options)?)
 }
 
 /// The embedded store's settings for vectors of `dim` dimensions.
@@ -157,7 +232,7 @@ fn vector_store(
 /// vector store (pulling the encoder first if needed).
 pub fn open_index(config: &Config) -> anyhow::Result<Index> {
     let lock = IndexLock::acquire(&config.data_dir.join("index"))?;
-    let encoder: Arc<dyn Encoder> = Arc::new(encoder(config)?);
+    let encoder: Arc<dyn Encoder> = Arc::from(encoder(config)?);
     let vectors = vector_store(config, &lock, encoder.dim())?;
     let r = &config.retrieval;
     let settings = IndexSettings {

@@ -219,3 +219,32 @@ fn bad_search_requests_are_clear_errors() {
     assert!(error_of(dir, &["search", "-k", "100000", "moon"]).contains("k: must be at most 1000"));
     assert!(error_of(dir, &["search", "--mode", "fuzzy", "moon"]).contains("not a search mode"));
 }
+
+#[test]
+fn a_missing_onnx_runtime_is_a_clear_error_and_leaves_the_candle_backend_working() {
+    let tmp = workspace(3);
+    let dir = tmp.path();
+    assert!(margin(dir, &["index", "corpus.jsonl"]).status.success());
+    let missing = dir.join("no-such-dir/libonnxruntime.so");
+    let out = command(dir, &["--set", "encoder.backend=onnx", "search", "moon"])
+        .env("ORT_DYLIB_PATH", &missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        missing.to_str().unwrap(),
+        "margin models pull onnxruntime",
+        "ORT_DYLIB_PATH",
+        "encoder.backend = \"candle\"",
+    ] {
+        assert!(err.contains(needle), "{needle:?} missing from: {err}");
+    }
+    // The index is untouched and the candle backend still serves it.
+    let hits = ok_json(dir, &["search", "--json", "--mode", "bm25", "marker1"]);
+    assert_eq!(hits[0]["passage"]["doc_id"], "d1", "{hits}");
+    assert_eq!(
+        ok_json(dir, &["search", "--json", "moon"]).as_array().unwrap().len(),
+        3
+    );
+}

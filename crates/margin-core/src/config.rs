@@ -149,12 +149,26 @@ impl ChunkingConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EncoderConfig {
+    /// Implementation that runs the model.
+    pub backend: EncoderBackend,
     /// Device to run on.
     pub device: DeviceKind,
     /// Inputs per forward pass.
     pub batch_size: usize,
     /// Input length cap in tokens; 0 for the model's maximum.
     pub max_length: usize,
+    /// Threads of the ONNX backend; 0 for one per core.
+    pub threads: usize,
+}
+
+/// Implementations of the encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncoderBackend {
+    /// BERT on candle, from safetensors weights (CPU or CUDA).
+    Candle,
+    /// An ONNX export on ONNX Runtime through fastembed (CPU).
+    Onnx,
 }
 
 /// `[generator]`: where and in what precision the generator runs.
@@ -407,6 +421,12 @@ impl Config {
                 "must be at least 1",
             ));
         }
+        if self.encoder.backend == EncoderBackend::Onnx && self.encoder.device != DeviceKind::Cpu {
+            return Err(OperationError::bad_config(
+                "encoder.backend",
+                "\"onnx\" runs on the CPU; use backend = \"candle\" for device = \"cuda\"",
+            ));
+        }
         for (key, value) in [
             ("rag.n_docs", self.rag.n_docs),
             ("rag.beams", self.rag.beams),
@@ -568,6 +588,7 @@ fn config_error(err: config::ConfigError) -> OperationError {
 fn allowed_values(key: &str) -> Option<&'static [&'static str]> {
     Some(match key {
         "encoder.device" => DeviceKind::CHOICES,
+        "encoder.backend" => EncoderBackend::CHOICES,
         "retrieval.store" => StoreKind::CHOICES,
         "retrieval.mode" => SearchMode::CHOICES,
         "qdrant.distance" => Distance::CHOICES,
@@ -584,6 +605,10 @@ pub trait Choices {
 
 impl Choices for DeviceKind {
     const CHOICES: &'static [&'static str] = &["cpu", "cuda"];
+}
+
+impl Choices for EncoderBackend {
+    const CHOICES: &'static [&'static str] = &["candle", "onnx"];
 }
 
 impl Choices for StoreKind {

@@ -181,9 +181,7 @@ impl Encoder for BertEncoder {
             .map(|p| match (self.passage_input, p.title.is_empty()) {
                 (_, true) => EncodeInput::from(p.text),
                 (PassageInput::Pair, false) => EncodeInput::from((p.title, p.text)),
-                (PassageInput::Joined, false) => {
-                    EncodeInput::from(format!("{}: {}", p.title, p.text))
-                }
+                (PassageInput::Joined, false) => EncodeInput::from(p.joined().into_owned()),
             })
             .collect();
         let encodings = self.tokenize(inputs)?;
@@ -305,8 +303,9 @@ fn weights(dir: &Path, device: &Device) -> Result<VarBuilder<'static>, String> {
     Err("no model.safetensors or pytorch_model.bin".into())
 }
 
-/// `max_seq_length` from sentence-transformers' `sentence_bert_config.json`.
-fn sentence_transformers_max_length(dir: &Path) -> Option<usize> {
+/// `max_seq_length` from sentence-transformers' `sentence_bert_config.json`
+/// in the model folder `dir`, if it declares one.
+pub fn sentence_transformers_max_length(dir: &Path) -> Option<usize> {
     let text = std::fs::read_to_string(dir.join("sentence_bert_config.json")).ok()?;
     let value: serde_json::Value = serde_json::from_str(&text).ok()?;
     value.get("max_seq_length")?.as_u64().map(|n| n as usize)

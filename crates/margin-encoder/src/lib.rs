@@ -33,7 +33,8 @@ mod test_util {
     }
 }
 
-pub use bert::{BertEncoder, BertEncoderOptions};
+pub use bert::{sentence_transformers_max_length, BertEncoder, BertEncoderOptions};
+pub use pooling::{Pooling, PoolingSpec};
 pub use vectors_file::VectorsFile;
 
 use margin_core::OperationResult;
@@ -45,6 +46,18 @@ pub struct PassageText<'a> {
     pub title: &'a str,
     /// The passage text.
     pub text: &'a str,
+}
+
+impl PassageText<'_> {
+    /// The passage as one input for models trained on single texts:
+    /// `title: text`, or the text alone when there is no title.
+    pub fn joined(&self) -> std::borrow::Cow<'_, str> {
+        if self.title.is_empty() {
+            self.text.into()
+        } else {
+            format!("{}: {}", self.title, self.text).into()
+        }
+    }
 }
 
 /// Turns questions and passages into vectors in one shared space.

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 /// How token vectors are pooled into one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Pooling {
+pub enum Pooling {
     /// The first token's vector (DPR, plain BERT).
     Cls,
     /// The mean of the unmasked tokens' vectors (sentence-transformers).
@@ -36,8 +36,10 @@ struct Module {
 
 /// Pooling and normalisation a model folder declares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct PoolingSpec {
+pub struct PoolingSpec {
+    /// How token vectors become one.
     pub pooling: Pooling,
+    /// Whether vectors are L2-normalised after pooling.
     pub normalize: bool,
 }
 

@@ -2,6 +2,7 @@
 //! (reference made by tests/fixtures/make_minilm_reference.py).
 
 use margin_encoder::{BertEncoder, BertEncoderOptions, Encoder};
+use margin_testkit::cosine;
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -9,13 +10,6 @@ struct Reference {
     max_seq_length: usize,
     sentences: Vec<String>,
     embeddings: Vec<Vec<f32>>,
-}
-
-fn cosine(a: &[f32], b: &[f32]) -> f32 {
-    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
-    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
-    dot / (na * nb)
 }
 
 #[test]

@@ -19,6 +19,8 @@ pub enum Role {
     PassageEncoder,
     /// Generates answers.
     Generator,
+    /// A runtime library a backend loads (ONNX Runtime), not a model.
+    Runtime,
 }
 
 /// One file of a model, as kept in the cache.
@@ -91,6 +93,10 @@ pub struct ModelEntry {
     pub license: String,
     /// Files kept in the cache.
     pub files: Vec<FileSpec>,
+    /// The catalogue model holding this model's ONNX export, which
+    /// `encoder.backend = "onnx"` runs in its place.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx_export: Option<String>,
     /// Sources, in catalogue order.
     #[serde(rename = "source", default)]
     pub sources: Vec<SourceSpec>,
@@ -171,6 +177,14 @@ impl Catalogue {
             if !seen.insert(model.name.as_str()) {
                 return Err(bad(&model.name, "listed twice".into()));
             }
+            if let Some(export) = &model.onnx_export {
+                if !self.models.iter().any(|m| &m.name == export) {
+                    return Err(bad(
+                        &model.name,
+                        format!("onnx_export `{export}` is not in the catalogue"),
+                    ));
+                }
+            }
             for file in &model.files {
                 let hex_ok = file.sha256.is_empty()
                     || (file.sha256.len() == 64
@@ -224,6 +238,8 @@ mod tests {
             "dpr-question-encoder-nq",
             "dpr-ctx-encoder-nq",
             "bart-large",
+            "all-minilm-l6-v2-int8",
+            "onnxruntime",
         ] {
             let entry = catalogue.get(name).unwrap();
             assert!(!entry.files.is_empty(), "{name} has files");
@@ -239,6 +255,10 @@ mod tests {
             }
             other => panic!("expected pip source first, got {other:?}"),
         }
+        assert_eq!(
+            catalogue.get("all-minilm-l6-v2").unwrap().onnx_export.as_deref(),
+            Some("all-minilm-l6-v2-int8")
+        );
         assert!(catalogue
             .get("dpr-question-encoder-nq")
             .unwrap()

@@ -52,6 +52,32 @@ pub fn real_model(test: &str, name: &str) -> Option<PathBuf> {
     None
 }
 
+/// Cosine similarity of two vectors.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
+
+/// The ONNX Runtime library tests load: `ORT_DYLIB_PATH` when set, else the
+/// model cache's `onnxruntime` (skipped, or failed under
+/// `MARGIN_REQUIRE_MODELS=1`, when neither is there).
+pub fn onnx_runtime(test: &str) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    let dir = real_model(test, "onnxruntime")?;
+    let lib = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime"))
+        });
+    Some(lib.unwrap_or_else(|| panic!("{test}: no libonnxruntime* in {}", dir.display())))
+}
+
 /// A file of `../shared/eval/` beside the workspace, if present.
 pub fn shared_eval_file(test: &str, file: &str) -> Option<PathBuf> {
     let path = workspace_root().join("../shared/eval").join(file);

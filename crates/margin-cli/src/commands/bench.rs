@@ -4,8 +4,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
+use margin_core::config::EncoderBackend;
 use margin_core::Config;
-use margin_encoder::{Encoder, PassageText};
+use margin_encoder::PassageText;
 use serde::Serialize;
 
 /// Which benchmark.
@@ -30,13 +31,35 @@ pub struct EncodeBench {
     /// Number of passages encoded.
     #[arg(long, default_value_t = 2000)]
     pub passages: usize,
+    /// Encoder backend to measure (default: `encoder.backend`).
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendArg>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }
 
+/// `--backend` values, as `encoder.backend` spells them.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BackendArg {
+    /// BERT on candle.
+    Candle,
+    /// An ONNX export on ONNX Runtime.
+    Onnx,
+}
+
+impl From<BackendArg> for EncoderBackend {
+    fn from(arg: BackendArg) -> Self {
+        match arg {
+            BackendArg::Candle => EncoderBackend::Candle,
+            BackendArg::Onnx => EncoderBackend::Onnx,
+        }
+    }
+}
+
 #[derive(Serialize)]
 struct EncodeReport {
+    backend: EncoderBackend,
     model: String,
     device: String,
     batch_size: usize,
@@ -74,6 +97,12 @@ fn encode(config: &Config, args: EncodeBench) -> anyhow::Result<()> {
         })
         .collect();
 
+    let mut config = config.clone();
+    if let Some(backend) = args.backend {
+        config.encoder.backend = backend.into();
+        config.validate()?;
+    }
+    let config = &config;
     let encoder = crate::wiring::encoder(config)?;
     // One warm-up batch so that one-off allocation is not timed.
     encoder.encode_passages(&inputs[..inputs.len().min(config.encoder.batch_size)])?;
@@ -90,6 +119,7 @@ fn encode(config: &Config, args: EncodeBench) -> anyhow::Result<()> {
     );
 
     let out = EncodeReport {
+        backend: config.encoder.backend,
         model: encoder.name().to_string(),
         device: format!("{:?}", config.encoder.device).to_lowercase(),
         batch_size: config.encoder.batch_size,
@@ -106,8 +136,9 @@ fn encode(config: &Config, args: EncodeBench) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!(
-            "{}: {} passages in {:.2} s = {:.1} passages/s (batch {}, max {} tokens, {} on {} threads); peak RSS {}",
+            "{} ({:?}): {} passages in {:.2} s = {:.1} passages/s (batch {}, max {} tokens, {} on {} threads); peak RSS {}",
             out.model,
+            out.backend,
             out.passages,
             out.seconds,
             out.passages_per_second,

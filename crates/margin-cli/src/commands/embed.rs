@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use margin_core::Config;
-use margin_encoder::{Encoder, PassageText, VectorsFile};
+use margin_encoder::{PassageText, VectorsFile};
 
 /// Arguments of `margin embed`.
 #[derive(Debug, Args)]

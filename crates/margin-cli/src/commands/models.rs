@@ -1,6 +1,7 @@
 //! `margin models list | pull | verify`.
 
 use clap::Subcommand;
+use margin_core::config::EncoderBackend;
 use margin_core::Config;
 use margin_models::{ModelStatus, ModelStore, PullOutcome};
 use serde::Serialize;
@@ -14,7 +15,8 @@ pub enum ModelsAction {
         #[arg(long)]
         json: bool,
     },
-    /// Fetch models into the cache (default: the configured encoders and generator).
+    /// Fetch models into the cache (default: the configured encoder, with ONNX
+    /// Runtime for the onnx backend, and generator).
     Pull {
         /// Catalogue names.
         names: Vec<String>,
@@ -103,10 +105,17 @@ pub fn run(config: &Config, action: ModelsAction) -> anyhow::Result<()> {
                     .map(|m| m.name.clone())
                     .collect()
             } else if names.is_empty() {
-                vec![
-                    config.models.encoder.clone(),
-                    config.models.generator.clone(),
-                ]
+                let mut names = match config.encoder.backend {
+                    EncoderBackend::Candle => vec![config.models.encoder.clone()],
+                    EncoderBackend::Onnx => vec![crate::wiring::onnx_model_name(config)?],
+                };
+                if config.encoder.backend == EncoderBackend::Onnx
+                    && margin_encoder_onnx::dylib_from_env().is_none()
+                {
+                    names.push(crate::wiring::ONNX_RUNTIME.to_string());
+                }
+                names.push(config.models.generator.clone());
+                names
             } else {
                 names
             };
