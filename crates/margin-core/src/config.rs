@@ -165,6 +165,9 @@ pub struct EncoderConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EncoderBackend {
+    /// ONNX on the CPU when the model has an ONNX export and ONNX Runtime
+    /// loads; candle otherwise (GPU, DPR pairs, models without an export).
+    Auto,
     /// BERT on candle, from safetensors weights (CPU or CUDA).
     Candle,
     /// An ONNX export on ONNX Runtime through fastembed (CPU).
@@ -608,7 +611,7 @@ impl Choices for DeviceKind {
 }
 
 impl Choices for EncoderBackend {
-    const CHOICES: &'static [&'static str] = &["candle", "onnx"];
+    const CHOICES: &'static [&'static str] = &["auto", "candle", "onnx"];
 }
 
 impl Choices for StoreKind {

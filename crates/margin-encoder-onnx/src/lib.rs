@@ -263,6 +263,10 @@ impl Encoder for OnnxEncoder {
         &self.name
     }
 
+    fn backend(&self) -> &'static str {
+        "onnx"
+    }
+
     fn dim(&self) -> usize {
         self.dim
     }

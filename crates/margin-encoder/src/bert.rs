@@ -158,6 +158,10 @@ impl Encoder for BertEncoder {
         &self.name
     }
 
+    fn backend(&self) -> &'static str {
+        "candle"
+    }
+
     fn dim(&self) -> usize {
         self.dim
     }

@@ -65,6 +65,9 @@ pub trait Encoder: Send + Sync {
     /// Name of the model, for logs and index metadata.
     fn name(&self) -> &str;
 
+    /// The implementation running the model (`candle`, `onnx`), for logs and reports.
+    fn backend(&self) -> &'static str;
+
     /// Length of every vector.
     fn dim(&self) -> usize;
 

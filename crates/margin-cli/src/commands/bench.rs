@@ -59,7 +59,7 @@ impl From<BackendArg> for EncoderBackend {
 
 #[derive(Serialize)]
 struct EncodeReport {
-    backend: EncoderBackend,
+    backend: &'static str,
     model: String,
     device: String,
     batch_size: usize,
@@ -119,7 +119,7 @@ fn encode(config: &Config, args: EncodeBench) -> anyhow::Result<()> {
     );
 
     let out = EncodeReport {
-        backend: config.encoder.backend,
+        backend: encoder.backend(),
         model: encoder.name().to_string(),
         device: format!("{:?}", config.encoder.device).to_lowercase(),
         batch_size: config.encoder.batch_size,
@@ -128,15 +128,16 @@ fn encode(config: &Config, args: EncodeBench) -> anyhow::Result<()> {
         seconds,
         passages_per_second: inputs.len() as f64 / seconds,
         peak_rss_mib: peak_rss_mib(),
-        threads: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        threads: match (encoder.backend(), config.encoder.threads) {
+            ("onnx", n) if n > 0 => n,
+            _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        },
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         println!(
-            "{} ({:?}): {} passages in {:.2} s = {:.1} passages/s (batch {}, max {} tokens, {} on {} threads); peak RSS {}",
+            "{} ({}): {} passages in {:.2} s = {:.1} passages/s (batch {}, max {} tokens, {} on {} threads); peak RSS {}",
             out.model,
             out.backend,
             out.passages,

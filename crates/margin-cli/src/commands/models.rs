@@ -105,15 +105,15 @@ pub fn run(config: &Config, action: ModelsAction) -> anyhow::Result<()> {
                     .map(|m| m.name.clone())
                     .collect()
             } else if names.is_empty() {
-                let mut names = match config.encoder.backend {
-                    EncoderBackend::Candle => vec![config.models.encoder.clone()],
-                    EncoderBackend::Onnx => vec![crate::wiring::onnx_model_name(config)?],
+                let onnx = match config.encoder.backend {
+                    EncoderBackend::Candle => None,
+                    _ => crate::wiring::onnx_model_name(config)?,
                 };
-                if config.encoder.backend == EncoderBackend::Onnx
-                    && margin_encoder_onnx::dylib_from_env().is_none()
-                {
-                    names.push(crate::wiring::ONNX_RUNTIME.to_string());
-                }
+                let mut names = match onnx {
+                    Some(model) if margin_encoder_onnx::dylib_from_env().is_some() => vec![model],
+                    Some(model) => vec![model, crate::wiring::ONNX_RUNTIME.to_string()],
+                    None => vec![config.models.encoder.clone()],
+                };
                 names.push(config.models.generator.clone());
                 names
             } else {
