@@ -244,7 +244,10 @@ fn a_missing_onnx_runtime_is_a_clear_error_and_leaves_the_candle_backend_working
     let hits = ok_json(dir, &["search", "--json", "--mode", "bm25", "marker1"]);
     assert_eq!(hits[0]["passage"]["doc_id"], "d1", "{hits}");
     assert_eq!(
-        ok_json(dir, &["search", "--json", "moon"]).as_array().unwrap().len(),
+        ok_json(dir, &["search", "--json", "moon"])
+            .as_array()
+            .unwrap()
+            .len(),
         3
     );
 }

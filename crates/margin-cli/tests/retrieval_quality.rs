@@ -100,11 +100,16 @@ fn the_onnx_backend_retrieves_as_well_as_candle() {
                 .args(["--set", &format!("encoder.backend={backend}")])
                 .args(["--set", &format!("models.encoder={}", model.display())]);
         });
-        report["modes"]["dense"]["gold_recall"]["20"].as_f64().unwrap()
+        report["modes"]["dense"]["gold_recall"]["20"]
+            .as_f64()
+            .unwrap()
     };
     let (candle, onnx) = (recall("candle", &candle), recall("onnx", &onnx));
     eprintln!("dense gold R@20 on 50 questions: candle {candle:.3}, onnx {onnx:.3}");
     // One question of 50 either way; the full nq-dev comparison is in docs/benchmarks.md.
-    assert!((candle - onnx).abs() <= 0.02 + 1e-9, "candle {candle} vs onnx {onnx}");
+    assert!(
+        (candle - onnx).abs() <= 0.02 + 1e-9,
+        "candle {candle} vs onnx {onnx}"
+    );
     assert!(onnx >= 0.94, "onnx dense gold recall@20 {onnx}");
 }

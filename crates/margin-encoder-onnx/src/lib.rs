@@ -15,11 +15,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use fastembed::{
-    InitOptionsUserDefined, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel,
-};
+use fastembed::{InitOptionsUserDefined, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel};
 use margin_core::{OperationError, OperationResult};
-use margin_encoder::{sentence_transformers_max_length, Encoder, PassageText, Pooling, PoolingSpec};
+use margin_encoder::{
+    sentence_transformers_max_length, Encoder, PassageText, Pooling, PoolingSpec,
+};
 
 /// Environment variable naming the ONNX Runtime library; it wins over the
 /// model cache's copy.
@@ -169,7 +169,11 @@ impl OnnxEncoder {
         let pooling = match spec.pooling {
             Pooling::Mean => fastembed::Pooling::Mean,
             Pooling::Cls => fastembed::Pooling::Cls,
-            Pooling::Max => return Err(fail("max pooling is not supported by the ONNX backend".into())),
+            Pooling::Max => {
+                return Err(fail(
+                    "max pooling is not supported by the ONNX backend".into(),
+                ))
+            }
         };
         // fastembed always L2-normalises; an unnormalised model would change meaning.
         if !spec.normalize {
@@ -194,8 +198,7 @@ impl OnnxEncoder {
             max_length = max_length.min(options.max_length);
         }
 
-        let [tokenizer, config_file, special_tokens, tokenizer_config] =
-            TOKENIZER_FILES.map(read);
+        let [tokenizer, config_file, special_tokens, tokenizer_config] = TOKENIZER_FILES.map(read);
         let model = UserDefinedEmbeddingModel::new(
             read("model.onnx")?,
             TokenizerFiles {

@@ -7,24 +7,13 @@ use std::path::PathBuf;
 
 use margin_encoder::{BertEncoder, BertEncoderOptions, Encoder, PassageText};
 use margin_encoder_onnx::{OnnxEncoder, OnnxEncoderOptions, Runtime};
-use margin_testkit::{cosine, onnx_runtime, real_model, workspace_root};
-use serde::Deserialize;
+use margin_testkit::{
+    check_against_minilm_reference, cosine, minilm_reference, onnx_runtime, real_model,
+};
 
 /// Agreement floor per input: the export's weights are int8, so vectors differ
 /// from fp32 ones by up to about 0.4% (worst seen: the empty string).
 const MIN_COSINE: f32 = 0.99;
-
-#[derive(Deserialize)]
-struct Reference {
-    max_seq_length: usize,
-    sentences: Vec<String>,
-    embeddings: Vec<Vec<f32>>,
-}
-
-fn reference() -> Reference {
-    let path = workspace_root().join("tests/fixtures/minilm_reference.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
 /// The int8 model on ONNX Runtime, or `None` (skipped) without either.
 fn onnx(test: &str, options: &OnnxEncoderOptions) -> Option<OnnxEncoder> {
@@ -40,20 +29,20 @@ fn onnx_matches_sentence_transformers() {
     let Some(encoder) = onnx(TEST, &OnnxEncoderOptions::default()) else {
         return;
     };
-    let reference = reference();
     assert_eq!(encoder.dim(), 384);
     assert!(encoder.normalized());
-    assert_eq!(encoder.max_length(), reference.max_seq_length);
-    let sentences: Vec<&str> = reference.sentences.iter().map(String::as_str).collect();
-    let ours = encoder.encode_questions(&sentences).unwrap();
-    let mut worst = f32::INFINITY;
-    for ((sentence, mine), theirs) in sentences.iter().zip(&ours).zip(&reference.embeddings) {
-        let c = cosine(mine, theirs);
-        assert!(c >= MIN_COSINE, "cosine {c} < {MIN_COSINE} for {sentence:?}");
-        let norm = mine.iter().map(|x| x * x).sum::<f32>().sqrt();
-        assert!((norm - 1.0).abs() < 1e-4, "norm {norm} for {sentence:?}");
-        worst = worst.min(c);
-    }
+    let (worst, max_seq_length) = check_against_minilm_reference(
+        |sentences| {
+            let vectors = encoder.encode_questions(sentences).unwrap();
+            for v in &vectors {
+                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                assert!((norm - 1.0).abs() < 1e-4, "norm {norm}");
+            }
+            vectors
+        },
+        MIN_COSINE,
+    );
+    assert_eq!(encoder.max_length(), max_seq_length);
     eprintln!("onnx vs sentence-transformers: lowest cosine {worst:.5}");
 }
 
@@ -66,25 +55,47 @@ fn onnx_agrees_with_candle_on_questions_and_passages() {
     let Some(onnx) = onnx(TEST, &OnnxEncoderOptions::default()) else {
         return;
     };
-    let candle =
-        BertEncoder::load("all-minilm-l6-v2", &candle_dir, &BertEncoderOptions::default())
-            .unwrap();
+    let candle = BertEncoder::load(
+        "all-minilm-l6-v2",
+        &candle_dir,
+        &BertEncoderOptions::default(),
+    )
+    .unwrap();
     assert_eq!(onnx.dim(), candle.dim());
     assert_eq!(onnx.max_length(), candle.max_length());
 
-    let reference = reference();
-    let questions: Vec<&str> = reference.sentences.iter().map(String::as_str).collect();
+    let sentences: Vec<String> =
+        serde_json::from_value(minilm_reference()["sentences"].clone()).unwrap();
+    let questions: Vec<&str> = sentences.iter().map(String::as_str).collect();
     // Past 256 tokens both must truncate at the same place.
     let long = "the tide rises and falls twice a day as the moon pulls the sea ".repeat(40);
     let passages = [
-        PassageText { title: "Tide", text: "Tides are the rise and fall of sea levels." },
-        PassageText { title: "", text: "A passage without a title." },
-        PassageText { title: "Long", text: &long },
-        PassageText { title: "Röntgen", text: "He received the first Nobel Prize in Physics in 1901." },
+        PassageText {
+            title: "Tide",
+            text: "Tides are the rise and fall of sea levels.",
+        },
+        PassageText {
+            title: "",
+            text: "A passage without a title.",
+        },
+        PassageText {
+            title: "Long",
+            text: &long,
+        },
+        PassageText {
+            title: "Röntgen",
+            text: "He received the first Nobel Prize in Physics in 1901.",
+        },
     ];
     let pairs = [
-        (onnx.encode_questions(&questions).unwrap(), candle.encode_questions(&questions).unwrap()),
-        (onnx.encode_passages(&passages).unwrap(), candle.encode_passages(&passages).unwrap()),
+        (
+            onnx.encode_questions(&questions).unwrap(),
+            candle.encode_questions(&questions).unwrap(),
+        ),
+        (
+            onnx.encode_passages(&passages).unwrap(),
+            candle.encode_passages(&passages).unwrap(),
+        ),
     ];
     let mut worst = f32::INFINITY;
     for (ours, theirs) in &pairs {
@@ -95,25 +106,41 @@ fn onnx_agrees_with_candle_on_questions_and_passages() {
             worst = worst.min(c);
         }
     }
-    eprintln!("onnx vs candle: lowest cosine {worst:.5} over {} inputs", questions.len() + passages.len());
+    eprintln!(
+        "onnx vs candle: lowest cosine {worst:.5} over {} inputs",
+        questions.len() + passages.len()
+    );
 }
 
 #[test]
 fn batches_of_mixed_lengths_give_each_input_its_own_vector() {
     const TEST: &str = "batches_of_mixed_lengths_give_each_input_its_own_vector";
-    let options = OnnxEncoderOptions { batch_size: 3, threads: 1, ..Default::default() };
+    let options = OnnxEncoderOptions {
+        batch_size: 3,
+        threads: 1,
+        ..Default::default()
+    };
     let Some(encoder) = onnx(TEST, &options) else {
         return;
     };
     let texts: Vec<String> = (0..10)
-        .map(|i| format!("sentence {i}: {}", "the moon pulls the sea ".repeat(i * 3 % 7)))
+        .map(|i| {
+            format!(
+                "sentence {i}: {}",
+                "the moon pulls the sea ".repeat(i * 3 % 7)
+            )
+        })
         .collect();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let together = encoder.encode_questions(&texts).unwrap();
     assert_eq!(together.len(), texts.len());
     for (text, vector) in texts.iter().zip(&together) {
         let alone = &encoder.encode_questions(&[text]).unwrap()[0];
-        let diff = alone.iter().zip(vector).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let diff = alone
+            .iter()
+            .zip(vector)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         assert!(diff < 1e-4, "{text:?}: batched and alone differ by {diff}");
     }
     assert!(encoder.encode_questions(&[]).unwrap().is_empty());
@@ -128,11 +155,19 @@ fn a_model_folder_without_an_onnx_file_is_refused_by_name() {
         return;
     };
     let runtime = Runtime::load(&runtime).unwrap();
-    let err = OnnxEncoder::load("mini", &candle_dir, &runtime, &OnnxEncoderOptions::default())
-        .err()
-        .expect("no model.onnx")
-        .to_string();
-    assert!(err.contains("no model.onnx") && err.contains("mini"), "{err}");
+    let err = OnnxEncoder::load(
+        "mini",
+        &candle_dir,
+        &runtime,
+        &OnnxEncoderOptions::default(),
+    )
+    .err()
+    .expect("no model.onnx")
+    .to_string();
+    assert!(
+        err.contains("no model.onnx") && err.contains("mini"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -141,7 +176,10 @@ fn a_missing_or_broken_runtime_library_is_a_clear_error() {
     let not_a_library = tmp.path().join("libonnxruntime.so");
     std::fs::write(&not_a_library, b"not a shared library").unwrap();
     for path in [PathBuf::from("/no/such/libonnxruntime.so"), not_a_library] {
-        let err = Runtime::load(&path).err().expect("must not load").to_string();
+        let err = Runtime::load(&path)
+            .err()
+            .expect("must not load")
+            .to_string();
         for needle in [
             path.to_str().unwrap(),
             "margin models pull onnxruntime",

@@ -256,7 +256,11 @@ mod tests {
             other => panic!("expected pip source first, got {other:?}"),
         }
         assert_eq!(
-            catalogue.get("all-minilm-l6-v2").unwrap().onnx_export.as_deref(),
+            catalogue
+                .get("all-minilm-l6-v2")
+                .unwrap()
+                .onnx_export
+                .as_deref(),
             Some("all-minilm-l6-v2-int8")
         );
         assert!(catalogue

@@ -60,6 +60,45 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     dot / (na * nb)
 }
 
+/// sentence-transformers' MiniLM reference (`tests/fixtures/minilm_reference.json`):
+/// `sentences`, their `embeddings` and the `max_seq_length` they were made with.
+pub fn minilm_reference() -> serde_json::Value {
+    let path = workspace_root().join("tests/fixtures/minilm_reference.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Encodes the sentences of sentence-transformers' MiniLM reference
+/// (`tests/fixtures/minilm_reference.json`) with `encode`, checks every vector
+/// against the reference at cosine `min_cosine` or more, and returns the
+/// lowest cosine and the reference's `max_seq_length`.
+pub fn check_against_minilm_reference(
+    encode: impl FnOnce(&[&str]) -> Vec<Vec<f32>>,
+    min_cosine: f32,
+) -> (f32, usize) {
+    let reference = minilm_reference();
+    let sentences: Vec<&str> = reference["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert!(sentences.len() >= 10);
+    let expected: Vec<Vec<f32>> = serde_json::from_value(reference["embeddings"].clone()).unwrap();
+    let ours = encode(&sentences);
+    assert_eq!(ours.len(), sentences.len());
+    let mut worst = f32::INFINITY;
+    for ((sentence, mine), theirs) in sentences.iter().zip(&ours).zip(&expected) {
+        let c = cosine(mine, theirs);
+        assert!(
+            c >= min_cosine,
+            "cosine {c} < {min_cosine} for {sentence:?}"
+        );
+        worst = worst.min(c);
+    }
+    let max_seq_length = reference["max_seq_length"].as_u64().unwrap() as usize;
+    (worst, max_seq_length)
+}
+
 /// The ONNX Runtime library tests load: `ORT_DYLIB_PATH` when set, else the
 /// model cache's `onnxruntime` (skipped, or failed under
 /// `MARGIN_REQUIRE_MODELS=1`, when neither is there).
