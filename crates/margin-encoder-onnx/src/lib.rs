@@ -236,12 +236,19 @@ impl OnnxEncoder {
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(texts[i].len()));
         let sorted: Vec<&str> = order.iter().map(|&i| texts[i]).collect();
-        let vectors = self
-            .model
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .embed(&sorted, Some(self.batch_size))
-            .map_err(|e| OperationError::model(&self.name, e))?;
+        let mut model = self.model.lock().unwrap_or_else(|e| e.into_inner());
+        let mut vectors = Vec::with_capacity(texts.len());
+        // One batch per call: fastembed keeps every batch's token-level output
+        // until the whole call is pooled, so one call over thousands of
+        // passages would hold gigabytes.
+        for batch in sorted.chunks(self.batch_size) {
+            vectors.extend(
+                model
+                    .embed(batch, Some(self.batch_size))
+                    .map_err(|e| OperationError::model(&self.name, e))?,
+            );
+        }
+        drop(model);
         if vectors.len() != texts.len() || vectors.iter().any(|v| v.len() != self.dim) {
             return Err(OperationError::model(
                 &self.name,
