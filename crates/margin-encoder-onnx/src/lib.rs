@@ -76,11 +76,6 @@ impl Runtime {
         tracing::info!("ONNX Runtime loaded from {}", path.display());
         Ok(runtime)
     }
-
-    /// The library file this runtime was loaded from.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 /// `ORT_DYLIB_PATH` when set and not empty.
