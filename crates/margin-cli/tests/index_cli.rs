@@ -225,11 +225,26 @@ fn a_missing_onnx_runtime_is_a_clear_error_and_leaves_the_candle_backend_working
     let tmp = workspace(3);
     let dir = tmp.path();
     assert!(margin(dir, &["index", "corpus.jsonl"]).status.success());
+    // A folder that claims an ONNX export, so that the backends reach for the runtime.
+    let onnx_model = dir.join("onnx-model");
+    write_tiny_bert(&onnx_model, TinyBertStyle::SentenceTransformers, 128);
+    std::fs::write(onnx_model.join("model.onnx"), b"never read").unwrap();
     let missing = dir.join("no-such-dir/libonnxruntime.so");
-    let out = command(dir, &["--set", "encoder.backend=onnx", "search", "moon"])
-        .env("ORT_DYLIB_PATH", &missing)
-        .output()
-        .unwrap();
+    let with_missing_runtime = |backend: &str| {
+        command(dir, &["--set", &format!("encoder.backend={backend}")])
+            .args([
+                "--set",
+                "models.encoder=onnx-model",
+                "search",
+                "--json",
+                "moon",
+            ])
+            .env("ORT_DYLIB_PATH", &missing)
+            .output()
+            .unwrap()
+    };
+
+    let out = with_missing_runtime("onnx");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     for needle in [
@@ -240,6 +255,18 @@ fn a_missing_onnx_runtime_is_a_clear_error_and_leaves_the_candle_backend_working
     ] {
         assert!(err.contains(needle), "{needle:?} missing from: {err}");
     }
+
+    // `auto` says why and runs the same model on candle instead.
+    let out = with_missing_runtime("auto");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("the ONNX backend is unavailable") && err.contains(missing.to_str().unwrap()),
+        "{err}"
+    );
+    let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hits.as_array().unwrap().len(), 3, "{hits}");
+
     // The index is untouched and the candle backend still serves it.
     let hits = ok_json(dir, &["search", "--json", "--mode", "bm25", "marker1"]);
     assert_eq!(hits[0]["passage"]["doc_id"], "d1", "{hits}");
