@@ -85,29 +85,30 @@ pub fn generator(config: &Config, name: Option<&str>) -> anyhow::Result<LoadedGe
 /// The configured encoder on the configured backend, pulling models (and
 /// ONNX Runtime) into the cache first if needed.
 pub fn encoder(config: &Config) -> anyhow::Result<Box<dyn Encoder>> {
+    let store = ModelStore::from_config(config)?;
     match config.encoder.backend {
-        EncoderBackend::Candle => Ok(Box::new(candle_encoder(config)?)),
+        EncoderBackend::Candle => Ok(Box::new(candle_encoder(config, &store)?)),
         EncoderBackend::Onnx => {
-            let name = onnx_model_name(config)?.with_context(|| {
+            let name = onnx_model_name(config, &store)?.with_context(|| {
                 format!(
                     "models.encoder = \"{}\" has no ONNX export; use encoder.backend = \"candle\", or an ONNX model such as all-minilm-l6-v2-int8",
                     config.models.encoder
                 )
             })?;
-            Ok(Box::new(onnx_encoder(config, &name)?))
+            Ok(Box::new(onnx_encoder(config, &store, &name)?))
         }
         EncoderBackend::Auto => {
-            let Some(name) = onnx_model_name(config)? else {
-                return Ok(Box::new(candle_encoder(config)?));
+            let Some(name) = onnx_model_name(config, &store)? else {
+                return Ok(Box::new(candle_encoder(config, &store)?));
             };
-            match onnx_encoder(config, &name) {
+            match onnx_encoder(config, &store, &name) {
                 Ok(encoder) => Ok(Box::new(encoder)),
                 Err(e) => {
                     tracing::warn!(
                         "encoder.backend = \"auto\": the ONNX backend is unavailable ({e:#}); running {} on candle",
                         config.models.encoder
                     );
-                    Ok(Box::new(candle_encoder(config)?))
+                    Ok(Box::new(candle_encoder(config, &store)?))
                 }
             }
         }
@@ -115,8 +116,7 @@ pub fn encoder(config: &Config) -> anyhow::Result<Box<dyn Encoder>> {
 }
 
 /// One shared BERT model, or DPR's question and passage pair, on candle.
-fn candle_encoder(config: &Config) -> anyhow::Result<BertEncoder> {
-    let store = ModelStore::from_config(config)?;
+fn candle_encoder(config: &Config, store: &ModelStore) -> anyhow::Result<BertEncoder> {
     let name = &config.models.encoder;
     let dir = store.ensure(name)?;
     let options = BertEncoderOptions {
@@ -148,7 +148,7 @@ fn candle_encoder(config: &Config) -> anyhow::Result<BertEncoder> {
 /// itself when it is an ONNX export (a catalogue entry or folder with
 /// `model.onnx`), else the export its catalogue entry names; `None` when it
 /// has none, or when the configuration needs candle (CUDA, a DPR pair).
-pub fn onnx_model_name(config: &Config) -> anyhow::Result<Option<String>> {
+pub fn onnx_model_name(config: &Config, store: &ModelStore) -> anyhow::Result<Option<String>> {
     let name = &config.models.encoder;
     let passage = &config.models.passage_encoder;
     if config.encoder.device != DeviceKind::Cpu || !(passage.is_empty() || passage == name) {
@@ -158,7 +158,6 @@ pub fn onnx_model_name(config: &Config) -> anyhow::Result<Option<String>> {
         );
         return Ok(None);
     }
-    let store = ModelStore::from_config(config)?;
     Ok(match store.catalogue().get(name) {
         Ok(entry) if entry.files.iter().any(|f| f.name == "model.onnx") => Some(name.clone()),
         Ok(entry) => entry.onnx_export.clone(),
@@ -171,11 +170,10 @@ pub fn onnx_model_name(config: &Config) -> anyhow::Result<Option<String>> {
 
 /// The ONNX Runtime library: `ORT_DYLIB_PATH` when set, else the model
 /// cache's copy (pulled first if missing).
-pub fn onnx_runtime(config: &Config) -> anyhow::Result<margin_encoder_onnx::Runtime> {
+fn onnx_runtime(store: &ModelStore) -> anyhow::Result<margin_encoder_onnx::Runtime> {
     let path = match margin_encoder_onnx::dylib_from_env() {
         Some(path) => path,
         None => {
-            let store = ModelStore::from_config(config)?;
             let dir = store.ensure(ONNX_RUNTIME).with_context(|| {
                 format!(
                     "encoder.backend = \"onnx\" needs ONNX Runtime: pull it, or set {} to an ONNX Runtime >= {} library",
@@ -194,15 +192,15 @@ pub fn onnx_runtime(config: &Config) -> anyhow::Result<margin_encoder_onnx::Runt
 pub const ONNX_RUNTIME: &str = "onnxruntime";
 
 /// The ONNX model `name` on ONNX Runtime.
-fn onnx_encoder(config: &Config, name: &str) -> anyhow::Result<OnnxEncoder> {
-    let runtime = onnx_runtime(config)?;
+fn onnx_encoder(config: &Config, store: &ModelStore, name: &str) -> anyhow::Result<OnnxEncoder> {
+    let runtime = onnx_runtime(store)?;
     if name != config.models.encoder {
         tracing::info!(
             "running {name}, the ONNX export of {}",
             config.models.encoder
         );
     }
-    let dir = ModelStore::from_config(config)?.ensure(name)?;
+    let dir = store.ensure(name)?;
     let options = OnnxEncoderOptions {
         batch_size: config.encoder.batch_size,
         max_length: config.encoder.max_length,

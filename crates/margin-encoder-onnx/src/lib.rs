@@ -17,9 +17,7 @@ use std::sync::Mutex;
 
 use fastembed::{InitOptionsUserDefined, TextEmbedding, TokenizerFiles, UserDefinedEmbeddingModel};
 use margin_core::{OperationError, OperationResult};
-use margin_encoder::{
-    sentence_transformers_max_length, Encoder, PassageText, Pooling, PoolingSpec,
-};
+use margin_encoder::{input_limit, Encoder, PassageText, Pooling, PoolingSpec};
 
 /// Environment variable naming the ONNX Runtime library; it wins over the
 /// model cache's copy.
@@ -185,13 +183,7 @@ impl OnnxEncoder {
                 .ok_or_else(|| fail(format!("config.json has no numeric `{key}`")))
         };
         let dim = field("hidden_size")?;
-        let mut max_length = field("max_position_embeddings")?;
-        if let Some(declared) = sentence_transformers_max_length(dir) {
-            max_length = max_length.min(declared);
-        }
-        if options.max_length > 0 {
-            max_length = max_length.min(options.max_length);
-        }
+        let max_length = input_limit(dir, field("max_position_embeddings")?, options.max_length);
 
         let [tokenizer, config_file, special_tokens, tokenizer_config] = TOKENIZER_FILES.map(read);
         let model = UserDefinedEmbeddingModel::new(

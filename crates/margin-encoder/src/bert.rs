@@ -244,13 +244,7 @@ impl LoadedBert {
         let model = BertModel::load(vb, &config)
             .map_err(|e| fail(format!("weights do not fit the configuration: {e}")))?;
 
-        let mut max_length = config.max_position_embeddings;
-        if let Some(declared) = sentence_transformers_max_length(dir) {
-            max_length = max_length.min(declared);
-        }
-        if options.max_length > 0 {
-            max_length = max_length.min(options.max_length);
-        }
+        let max_length = input_limit(dir, config.max_position_embeddings, options.max_length);
         let tokenizer = crate::tokenize::load_tokenizer(dir, max_length).map_err(fail)?;
         let spec = PoolingSpec::from_dir(dir).map_err(fail)?;
         Ok(LoadedBert {
@@ -307,10 +301,15 @@ fn weights(dir: &Path, device: &Device) -> Result<VarBuilder<'static>, String> {
     Err("no model.safetensors or pytorch_model.bin".into())
 }
 
-/// `max_seq_length` from sentence-transformers' `sentence_bert_config.json`
-/// in the model folder `dir`, if it declares one.
-pub fn sentence_transformers_max_length(dir: &Path) -> Option<usize> {
-    let text = std::fs::read_to_string(dir.join("sentence_bert_config.json")).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    value.get("max_seq_length")?.as_u64().map(|n| n as usize)
+/// The input length cap of the model in `dir`, in tokens: its position
+/// embeddings, lowered to sentence-transformers' `max_seq_length` (from
+/// `sentence_bert_config.json`) when declared and to `cap` unless 0.
+pub fn input_limit(dir: &Path, max_position_embeddings: usize, cap: usize) -> usize {
+    let declared = std::fs::read_to_string(dir.join("sentence_bert_config.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
+        .and_then(|v| v.get("max_seq_length")?.as_u64())
+        .map_or(usize::MAX, |n| n as usize);
+    let cap = if cap > 0 { cap } else { usize::MAX };
+    max_position_embeddings.min(declared).min(cap)
 }

@@ -33,7 +33,7 @@ mod test_util {
     }
 }
 
-pub use bert::{sentence_transformers_max_length, BertEncoder, BertEncoderOptions};
+pub use bert::{input_limit, BertEncoder, BertEncoderOptions};
 pub use pooling::{Pooling, PoolingSpec};
 pub use vectors_file::VectorsFile;
 

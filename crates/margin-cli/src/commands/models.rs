@@ -107,7 +107,7 @@ pub fn run(config: &Config, action: ModelsAction) -> anyhow::Result<()> {
             } else if names.is_empty() {
                 let onnx = match config.encoder.backend {
                     EncoderBackend::Candle => None,
-                    _ => crate::wiring::onnx_model_name(config)?,
+                    _ => crate::wiring::onnx_model_name(config, &store)?,
                 };
                 let mut names = match onnx {
                     Some(model) if margin_encoder_onnx::dylib_from_env().is_some() => vec![model],
